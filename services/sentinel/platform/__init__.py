@@ -1,0 +1,1 @@
+"""The shared kernel every Sentinel service is built on."""

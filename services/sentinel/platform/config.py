@@ -1,0 +1,116 @@
+"""Typed configuration from the environment and files.
+
+Every setting is ``SENTINEL_<NAME>`` in the environment. Secrets are never required inline:
+any setting can instead be given as ``SENTINEL_<NAME>_FILE`` naming a file whose contents
+are the value; a relative path is resolved under ``$CREDENTIALS_DIRECTORY`` (systemd
+``LoadCredential``) when that is set.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SENTINEL_"
+
+#: Dev-stack default ports (DESIGN.md §2).
+DEFAULT_PORTS: dict[str, tuple[int, int]] = {
+    "tenant": (50051, 9101),
+    "user": (50052, 9102),
+    "audit": (50053, 9103),
+    "scheduler": (50054, 9104),
+}
+
+
+def read_secret_file(path: str) -> str:
+    p = Path(path)
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not p.is_absolute() and creds:
+        p = Path(creds) / p
+    return p.read_text().strip()
+
+
+class Settings(BaseSettings):
+    """Settings shared by every Sentinel process."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- identity of this process
+    service: str = "tenant"
+    version: str = "0.1.0"
+    log_level: str = "INFO"
+
+    # --- network
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 0  # 0: the service's default from DEFAULT_PORTS
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = -1  # -1: the default; 0: no metrics endpoint
+    # Peer services (host:port), used for service-to-service calls and aggregated health.
+    tenant_addr: str = "127.0.0.1:50051"
+    user_addr: str = "127.0.0.1:50052"
+    audit_addr: str = "127.0.0.1:50053"
+    scheduler_addr: str = "127.0.0.1:50054"
+
+    # --- data stores
+    # Service role (no BYPASSRLS, owns nothing), SQLAlchemy URL with the asyncpg driver.
+    database_url: SecretStr = SecretStr("")
+    # Owner role, used only by migrations.
+    database_owner_url: SecretStr = SecretStr("")
+    database_pool_size: int = 10
+    database_max_overflow: int = 5
+    database_pool_recycle_seconds: int = 1800
+    redis_url: SecretStr = SecretStr("")
+
+    # --- tokens
+    jwt_issuer: str = "sentinel"
+    jwt_audience: str = "sentinel-api"
+    # Directory of Ed25519 public keys named <kid>.pub.pem; every service verifies with them.
+    jwt_public_keys_dir: Path | None = None
+    # Ed25519 private key <kid>.key.pem used to sign; only the user service needs it.
+    jwt_signing_key_file: Path | None = None
+    access_token_ttl_seconds: int = 600
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    # Secret for signing page tokens (32+ bytes); give it as SENTINEL_PAGE_TOKEN_SECRET_FILE.
+    page_token_secret: SecretStr = SecretStr("")
+
+    # --- passwords (argon2id); RFC 9106 second recommended option by default
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_cost_kib: int = Field(default=65536, ge=8)
+    argon2_parallelism: int = Field(default=4, ge=1)
+    password_min_length: int = 12
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_files(cls, data: Any) -> Any:
+        """Fill ``X`` from ``SENTINEL_X_FILE`` when ``X`` itself is not set."""
+        if not isinstance(data, dict):
+            return data
+        for key, value in os.environ.items():
+            if key.startswith(ENV_PREFIX) and key.endswith("_FILE") and value:
+                name = key[len(ENV_PREFIX) : -len("_FILE")].lower()
+                if name in cls.model_fields and not os.environ.get(ENV_PREFIX + name.upper()):
+                    data.setdefault(name, read_secret_file(value))
+        return data
+
+    @property
+    def resolved_grpc_port(self) -> int:
+        return self.grpc_port or DEFAULT_PORTS.get(self.service, (50050, 0))[0]
+
+    @property
+    def resolved_metrics_port(self) -> int:
+        if self.metrics_port >= 0:
+            return self.metrics_port
+        return DEFAULT_PORTS.get(self.service, (0, 0))[1]
+
+    def peer(self, service: str) -> str:
+        return str(getattr(self, f"{service}_addr"))
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()
