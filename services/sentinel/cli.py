@@ -1,0 +1,79 @@
+"""The ``sentinel`` command: run services, migrate, administer, and start the dev stack."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+SERVICES = ("tenant", "user", "audit", "scheduler")
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    os.environ["SENTINEL_SERVICE"] = ns.service
+    from sentinel.platform.server import run_service
+
+    return run_service(ns.service)
+
+
+def _migrate(ns: argparse.Namespace) -> int:
+    from sentinel.platform.config import get_settings
+    from sentinel.platform.migrate import upgrade
+
+    settings = get_settings()
+    url = ns.database_url or settings.database_owner_url.get_secret_value()
+    if not url:
+        print("sentinel migrate: set SENTINEL_DATABASE_OWNER_URL (or _FILE) or pass --database-url",
+              file=sys.stderr)
+        return 2
+    upgrade(url, app_role=ns.app_role)
+    print("migrations applied")
+    return 0
+
+
+def _admin_bootstrap(ns: argparse.Namespace) -> int:
+    from sentinel.platform.config import get_settings
+    from sentinel.user.bootstrap import ensure_platform_admin
+
+    email = ns.email or os.environ.get("SENTINEL_BOOTSTRAP_ADMIN_EMAIL")
+    password = os.environ.get("SENTINEL_BOOTSTRAP_ADMIN_PASSWORD")
+    result = asyncio.run(ensure_platform_admin(get_settings(), email, password))
+    print(result.describe())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentinel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run one gRPC service in the foreground")
+    p.add_argument("service", choices=SERVICES)
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("migrate", help="apply database migrations (as the owner role)")
+    p.add_argument("--database-url", default="", help="owner URL; default SENTINEL_DATABASE_OWNER_URL")
+    p.add_argument("--app-role", default=os.environ.get("SENTINEL_DATABASE_APP_ROLE", "sentinel_app"),
+                   help="the service role that receives grants (default sentinel_app)")
+    p.set_defaults(func=_migrate)
+
+    admin = sub.add_parser("admin", help="operator commands").add_subparsers(dest="admin", required=True)
+    p = admin.add_parser("bootstrap", help="ensure the platform administrator exists")
+    p.add_argument("--email", default="", help="default SENTINEL_BOOTSTRAP_ADMIN_EMAIL")
+    p.set_defaults(func=_admin_bootstrap)
+
+    from sentinel.devstack import up
+
+    p = sub.add_parser("up", help="start the whole stack on embedded defaults (Ctrl-C stops it)")
+    up.add_arguments(p)
+    p.set_defaults(func=up.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    return int(ns.func(ns))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
