@@ -1,0 +1,192 @@
+"""Principals, roles and permissions, and JWT signing/verification (EdDSA, ``kid`` rotation).
+
+Every service verifies tokens itself (defence in depth behind Envoy's ``jwt_authn``).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from sentinel.common.v1 import common_pb2
+from sentinel.platform.errors import Unauthenticated
+
+ALGORITHM = "EdDSA"
+#: The reserved tenant that holds platform administrators (created by the first migration).
+PLATFORM_TENANT_ID = uuid.UUID("00000000-0000-7000-8000-000000000001")
+PLATFORM_TENANT_SLUG = "platform"
+
+ROLE_NAMES: dict[int, str] = {
+    common_pb2.ROLE_VIEWER: "viewer",
+    common_pb2.ROLE_MEMBER: "member",
+    common_pb2.ROLE_ADMIN: "admin",
+    common_pb2.ROLE_OWNER: "owner",
+    common_pb2.ROLE_PLATFORM_ADMIN: "platform_admin",
+}
+ROLE_BY_NAME = {v: k for k, v in ROLE_NAMES.items()}
+
+_READ = {"tenants.read", "users.read"}
+_MANAGE_USERS = _READ | {"users.write", "users.delete", "audit.read", "jobs.read", "jobs.write"}
+#: Role → permissions. Ranks order roles for "cannot grant above your own".
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "viewer": frozenset(_READ),
+    "member": frozenset(_READ | {"jobs.read"}),
+    "admin": frozenset(_MANAGE_USERS),
+    "owner": frozenset(_MANAGE_USERS | {"tenants.write", "audit.export"}),
+    "platform_admin": frozenset(
+        _MANAGE_USERS
+        | {"tenants.write", "tenants.create", "tenants.delete", "audit.export", "jobs.admin"}
+    ),
+    # Other Sentinel services calling internal RPCs.
+    "service": frozenset({"audit.append", "tenants.read"}),
+}
+RANK = {"viewer": 1, "member": 2, "admin": 3, "owner": 4, "platform_admin": 5}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as proven by a verified token."""
+
+    subject: str  # user id, or "service:<name>"
+    tenant_id: uuid.UUID
+    role: str
+    session_id: str = ""
+    token_id: str = ""
+
+    @property
+    def is_platform_admin(self) -> bool:
+        return self.role == "platform_admin" and self.tenant_id == PLATFORM_TENANT_ID
+
+    @property
+    def is_service(self) -> bool:
+        return self.role == "service"
+
+    def can(self, permission: str) -> bool:
+        return permission in PERMISSIONS.get(self.role, frozenset())
+
+    @property
+    def user_id(self) -> uuid.UUID | None:
+        try:
+            return uuid.UUID(self.subject)
+        except ValueError:
+            return None
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def public_jwk(kid: str, key: Ed25519PublicKey) -> dict[str, str]:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw), "kid": kid, "alg": ALGORITHM, "use": "sig"}
+
+
+def load_public_keys(directory: Path) -> dict[str, Ed25519PublicKey]:
+    """Load ``<kid>.pub.pem`` files. Old keys stay here until their tokens have expired."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    for path in sorted(directory.glob("*.pub.pem")):
+        key = serialization.load_pem_public_key(path.read_bytes())
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError(f"{path}: not an Ed25519 public key")
+        keys[path.name.removesuffix(".pub.pem")] = key
+    if not keys:
+        raise ValueError(f"no *.pub.pem keys in {directory}")
+    return keys
+
+
+class TokenVerifier:
+    """Verifies access tokens: signature by a known ``kid``, issuer, audience, expiry."""
+
+    def __init__(self, keys: dict[str, Ed25519PublicKey], *, issuer: str, audience: str,
+                 leeway_seconds: int = 5) -> None:
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway_seconds
+
+    @property
+    def keys(self) -> dict[str, Ed25519PublicKey]:
+        return dict(self._keys)
+
+    def verify(self, token: str, *, token_use: str = "access") -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthenticated("the bearer token is malformed", reason="TOKEN_MALFORMED") from None
+        key = self._keys.get(str(header.get("kid", "")))
+        # Only EdDSA is accepted: "none", HS256-with-public-key and other confusions fail here.
+        if key is None or header.get("alg") != ALGORITHM:
+            raise Unauthenticated("the bearer token is not signed by a Sentinel key", reason="TOKEN_INVALID")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, key=key, algorithms=[ALGORITHM], issuer=self._issuer, audience=self._audience,
+                leeway=self._leeway, options={"require": ["exp", "iat", "sub", "tid", "role", "jti"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the bearer token has expired; log in or refresh",
+                                  reason="TOKEN_EXPIRED") from None
+        except jwt.PyJWTError:
+            raise Unauthenticated("the bearer token is invalid", reason="TOKEN_INVALID") from None
+        if claims.get("use", "access") != token_use:
+            raise Unauthenticated("this token cannot be used here", reason="TOKEN_INVALID")
+        try:
+            tenant_id = uuid.UUID(str(claims["tid"]))
+        except ValueError:
+            raise Unauthenticated("the bearer token is invalid", reason="TOKEN_INVALID") from None
+        return Principal(subject=str(claims["sub"]), tenant_id=tenant_id, role=str(claims["role"]),
+                         session_id=str(claims.get("sid", "")), token_id=str(claims["jti"]))
+
+
+class TokenSigner:
+    """Signs tokens with the active Ed25519 key; its ``kid`` is the key file's stem."""
+
+    def __init__(self, kid: str, key: Ed25519PrivateKey, *, issuer: str, audience: str) -> None:
+        self.kid = kid
+        self._key = key
+        self._issuer = issuer
+        self._audience = audience
+
+    @classmethod
+    def from_file(cls, path: Path, *, issuer: str, audience: str) -> TokenSigner:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path}: not an Ed25519 private key")
+        return cls(path.name.removesuffix(".key.pem"), key, issuer=issuer, audience=audience)
+
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
+
+    def sign(self, principal: Principal, *, ttl_seconds: int, token_use: str = "access",
+             extra: dict[str, Any] | None = None) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self._issuer, "aud": self._audience, "sub": principal.subject,
+            "tid": str(principal.tenant_id), "role": principal.role, "iat": now, "nbf": now,
+            "exp": now + ttl_seconds, "jti": principal.token_id or uuid.uuid4().hex, "use": token_use,
+        }
+        if principal.session_id:
+            claims["sid"] = principal.session_id
+        claims.update(extra or {})
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
+
+
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
+    """The token from ``authorization: Bearer <token>``, or None when absent."""
+    for key, value in metadata:
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("the authorization header must be 'Bearer <token>'",
+                                      reason="TOKEN_MALFORMED")
+            return token.strip()
+    return None

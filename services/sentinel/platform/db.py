@@ -1,0 +1,93 @@
+"""Database access: one async engine per process and the tenant-scoped unit of work.
+
+Every transaction starts with a single statement that binds it to a tenant
+(``set_config(..., true)``: transaction-local, so pooled connections never carry a tenant
+into the next checkout). RLS policies read that setting and fail closed when it is unset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from sentinel.platform.calls import current_call
+from sentinel.platform.config import Settings
+
+_BIND = text(
+    "SELECT set_config('sentinel.tenant_id', :tenant, true), set_config('sentinel.platform', :platform, true)"
+)
+
+_engine: AsyncEngine | None = None
+_sessions: async_sessionmaker[AsyncSession] | None = None
+_active: ContextVar[AsyncSession | None] = ContextVar("sentinel_session", default=None)
+
+
+def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 5, recycle: int = 1800) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_recycle=recycle,
+        pool_pre_ping=False,  # a dead connection fails one call with UNAVAILABLE and is dropped
+        connect_args={"server_settings": {"application_name": "sentinel"}},
+    )
+
+
+def init(settings: Settings) -> AsyncEngine:
+    global _engine, _sessions
+    url = settings.database_url.get_secret_value()
+    if not url:
+        raise RuntimeError("SENTINEL_DATABASE_URL (or SENTINEL_DATABASE_URL_FILE) is not set")
+    _engine = make_engine(url, pool_size=settings.database_pool_size,
+                          max_overflow=settings.database_max_overflow,
+                          recycle=settings.database_pool_recycle_seconds)
+    _sessions = async_sessionmaker(_engine, expire_on_commit=False)
+    return _engine
+
+
+def engine() -> AsyncEngine:
+    if _engine is None:
+        raise RuntimeError("database not initialised")
+    return _engine
+
+
+async def dispose() -> None:
+    global _engine, _sessions
+    if _engine is not None:
+        await _engine.dispose()
+    _engine, _sessions = None, None
+
+
+@contextlib.asynccontextmanager
+async def unit_of_work(*, tenant_id: uuid.UUID | None = None, platform: bool | None = None,
+                       sessions: async_sessionmaker[AsyncSession] | None = None) -> AsyncIterator[AsyncSession]:
+    """A transaction bound to one tenant; commits on success, rolls back on any exception.
+
+    Without arguments it binds to the current call's tenant as decided by the policy
+    interceptor. Nested use inside an active unit of work joins it (one transaction per RPC).
+    """
+    active = _active.get()
+    if active is not None and tenant_id is None and platform is None:
+        yield active
+        return
+    call = current_call()
+    if tenant_id is None and call is not None:
+        tenant_id = call.db_tenant_id
+    if platform is None:
+        platform = bool(call and call.platform_scope)
+    factory = sessions or _sessions
+    if factory is None:
+        raise RuntimeError("database not initialised")
+    async with factory() as session, session.begin():
+        await session.execute(_BIND, {"tenant": str(tenant_id) if tenant_id else "",
+                                      "platform": "on" if platform else ""})
+        token = _active.set(session)
+        try:
+            yield session
+        finally:
+            _active.reset(token)

@@ -1,0 +1,36 @@
+"""Identifiers: UUIDv7 (time-ordered, RFC 9562) and strict parsing of client-supplied ids."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+from sentinel.platform.errors import FieldViolation, InvalidArgument
+
+
+def uuid7() -> uuid.UUID:
+    """A UUIDv7: 48-bit Unix milliseconds, version and variant bits, 74 random bits."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return uuid.UUID(int=value)
+
+
+def parse_uuid(value: str, field: str) -> uuid.UUID:
+    """Parse a canonical UUID string or raise InvalidArgument naming the field."""
+    try:
+        parsed = uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        parsed = None
+    if parsed is None or len(value) != 36:
+        raise InvalidArgument(
+            f"{field} must be a UUID like 0190f6b4-8a5e-7c3d-9f1a-2b3c4d5e6f70",
+            [FieldViolation(field, "not a UUID")],
+        )
+    return parsed
+

@@ -1,0 +1,32 @@
+"""Authentication: verifies the bearer token of every call and records the principal.
+
+Public RPCs (policy scope PUBLIC) accept calls without a token; a token that is present is
+still verified, so a forged one never passes silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from sentinel.platform.auth import TokenVerifier, bearer_token
+from sentinel.platform.calls import Call
+from sentinel.platform.errors import Unauthenticated
+
+
+class AuthnInterceptor:
+    def __init__(self, verifier: TokenVerifier | None) -> None:
+        self.verifier = verifier
+
+    @contextlib.asynccontextmanager
+    async def scope(self, call: Call) -> AsyncIterator[None]:
+        token = bearer_token(call.metadata.items())
+        public = call.rpc is not None and call.rpc.public
+        if token is None:
+            if not public:
+                raise Unauthenticated("this call needs a bearer token; log in first", reason="TOKEN_MISSING")
+        elif not public:
+            if self.verifier is None:
+                raise Unauthenticated("token verification is not configured", reason="TOKEN_INVALID")
+            call.principal = self.verifier.verify(token)
+        yield

@@ -1,0 +1,75 @@
+"""Idempotent creates: a repeated ``request_id`` (or ``Idempotency-Key`` header) replays the
+first response; the same key with a different request is ABORTED.
+
+The lookup, the handler's writes and the stored response share one transaction, so a
+response is recorded exactly when its effects are committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf.message import Message
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+
+from sentinel.platform import db
+from sentinel.platform.calls import Call
+from sentinel.platform.errors import Aborted, FieldViolation, InvalidArgument
+from sentinel.platform.models import IdempotencyRecord
+
+MAX_KEY_LENGTH = 200
+
+
+def request_key(call: Call) -> str:
+    request = call.request
+    key = ""
+    if request is not None and "request_id" in request.DESCRIPTOR.fields_by_name:
+        key = request.request_id
+    key = key or call.metadata.get("idempotency-key", "")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidArgument(f"request_id must be at most {MAX_KEY_LENGTH} characters",
+                              [FieldViolation("request_id", "too long")])
+    return key
+
+
+def request_hash(request: Message) -> str:
+    copy = type(request)()
+    copy.CopyFrom(request)
+    if "request_id" in copy.DESCRIPTOR.fields_by_name:
+        copy.ClearField("request_id")  # type: ignore[arg-type]
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+class IdempotencyInterceptor:
+    """Wraps mutating unary RPCs that carry a key (``request_id`` field or header)."""
+
+    async def invoke(self, call: Call, proceed: Callable[[], Awaitable[Any]]) -> Any:
+        if call.rpc is None or not call.rpc.mutating or call.request is None or call.tenant_id is None:
+            return await proceed()
+        key = request_key(call)
+        if not key:
+            return await proceed()
+        digest = request_hash(call.request)
+        async with db.unit_of_work() as session:
+            found = (await session.execute(
+                select(IdempotencyRecord).where(
+                    IdempotencyRecord.tenant_id == call.db_tenant_id,
+                    IdempotencyRecord.method == call.method,
+                    IdempotencyRecord.key == key,
+                ).with_for_update()
+            )).scalar_one_or_none()
+            if found is not None:
+                if found.request_hash != digest:
+                    raise Aborted("this request_id was already used for a different request; "
+                                  "use a new request_id", reason="IDEMPOTENCY_KEY_REUSED")
+                output: Any = call.rpc.method.output_type._concrete_class
+                return output.FromString(found.response)
+            response: Message = await proceed()
+            await session.execute(insert(IdempotencyRecord).values(
+                tenant_id=call.db_tenant_id, method=call.method, key=key,
+                request_hash=digest, response=response.SerializeToString(deterministic=True),
+            ).on_conflict_do_nothing())
+            return response

@@ -1,0 +1,51 @@
+"""RED metrics per RPC: requests, errors and duration, labelled by service/method/code."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from sentinel.platform import metrics
+from sentinel.platform.calls import Call
+
+
+def method_label(call: Call) -> str:
+    # Unknown methods collapse into one label value so clients cannot inflate cardinality.
+    return call.method.rsplit(".", 1)[-1] if call.rpc else "unknown"
+
+
+def final_code(call: Call, exc: BaseException | None) -> grpc.StatusCode:
+    code = call.context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if exc is not None:
+        return grpc.StatusCode.UNKNOWN
+    return grpc.StatusCode.OK
+
+
+class MetricsInterceptor:
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.in_flight = metrics.IN_FLIGHT.labels(service)
+
+    @contextlib.asynccontextmanager
+    async def scope(self, call: Call) -> AsyncIterator[None]:
+        method = method_label(call)
+        self.in_flight.inc()
+        exc: BaseException | None = None
+        try:
+            yield
+        except BaseException as e:
+            exc = e
+            raise
+        finally:
+            self.in_flight.dec()
+            code = final_code(call, exc)
+            call.code = code
+            metrics.DURATION.labels(self.service, method).observe(time.perf_counter() - call.start)
+            metrics.REQUESTS.labels(self.service, method, code.name).inc()
+            if code is not grpc.StatusCode.OK:
+                metrics.ERRORS.labels(self.service, method, code.name).inc()
