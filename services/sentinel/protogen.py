@@ -21,9 +21,8 @@ def proto_files(root: Path = PROTO_ROOT) -> list[Path]:
 
 
 def include_paths() -> list[str]:
-    import grpc_tools
-
     import google.api  # googleapis-common-protos ships annotations.proto and http.proto
+    import grpc_tools
 
     grpc_tools_protos = Path(grpc_tools.__file__).parent / "_proto"
     googleapis = Path(google.api.__file__).parents[1].parent
@@ -35,7 +34,16 @@ def generate(out_root: Path = OUT_ROOT) -> None:
 
     files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
     args = ["protoc", *(f"-I{p}" for p in include_paths())]
-    args += [f"--python_out={out_root}", f"--pyi_out={out_root}", f"--grpc_python_out={out_root}", *files]
+    args += [f"--python_out={out_root}", f"--grpc_python_out={out_root}"]
+    # Typed stubs for messages and gRPC stubs/servicers (mypy-protobuf), when it is installed.
+    bindir = Path(sys.executable).parent
+    plugins = {name: bindir / f"protoc-gen-{name}" for name in ("mypy", "mypy_grpc")}
+    if all(p.exists() for p in plugins.values()):
+        args += [f"--plugin=protoc-gen-{n}={p}" for n, p in plugins.items()]
+        args += [f"--mypy_out={out_root}", f"--mypy_grpc_out={out_root}"]
+    else:
+        args += [f"--pyi_out={out_root}"]
+    args += files
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     for package_dir in {(out_root / f).parent for f in files}:

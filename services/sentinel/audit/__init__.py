@@ -1,0 +1,1 @@
+"""AuditService (hash-chained audit trail)."""

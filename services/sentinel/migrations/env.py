@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sentinel.platform.models import Base
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
-
-from sentinel.platform.models import Base
 
 config = context.config
 target_metadata = Base.metadata

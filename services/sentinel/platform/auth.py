@@ -117,7 +117,7 @@ class TokenVerifier:
     def keys(self) -> dict[str, Ed25519PublicKey]:
         return dict(self._keys)
 
-    def verify(self, token: str, *, token_use: str = "access") -> Principal:
+    def verify(self, token: str, *, use: str = "access") -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -136,7 +136,7 @@ class TokenVerifier:
                                   reason="TOKEN_EXPIRED") from None
         except jwt.PyJWTError:
             raise Unauthenticated("the bearer token is invalid", reason="TOKEN_INVALID") from None
-        if claims.get("use", "access") != token_use:
+        if claims.get("use", "access") != use:
             raise Unauthenticated("this token cannot be used here", reason="TOKEN_INVALID")
         try:
             tenant_id = uuid.UUID(str(claims["tid"]))
@@ -165,13 +165,13 @@ class TokenSigner:
     def public_key(self) -> Ed25519PublicKey:
         return self._key.public_key()
 
-    def sign(self, principal: Principal, *, ttl_seconds: int, token_use: str = "access",
+    def sign(self, principal: Principal, *, ttl_seconds: int, use: str = "access",
              extra: dict[str, Any] | None = None) -> str:
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": self._issuer, "aud": self._audience, "sub": principal.subject,
             "tid": str(principal.tenant_id), "role": principal.role, "iat": now, "nbf": now,
-            "exp": now + ttl_seconds, "jti": principal.token_id or uuid.uuid4().hex, "use": token_use,
+            "exp": now + ttl_seconds, "jti": principal.token_id or uuid.uuid4().hex, "use": use,
         }
         if principal.session_id:
             claims["sid"] = principal.session_id

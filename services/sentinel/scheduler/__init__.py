@@ -1,0 +1,1 @@
+"""SchedulerService (huey background and periodic jobs)."""

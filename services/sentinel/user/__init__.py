@@ -1,0 +1,1 @@
+"""UserService and AuthService."""

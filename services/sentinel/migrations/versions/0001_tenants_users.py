@@ -14,7 +14,6 @@ sets for platform administrators.
 from __future__ import annotations
 
 from alembic import context
-
 from sentinel.platform.migrate import execute_script
 
 revision = "0001"

@@ -8,6 +8,7 @@ and reset state. The chain wraps each handler once; order is outer to inner.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -64,7 +65,8 @@ class Chain(grpc.aio.ServerInterceptor):
         metadata = _metadata(details)
         return calls.Call(
             method=method, rpc=contracts.rpc_for(method), metadata=metadata, context=context,
-            request=request, request_id=metadata.get("x-request-id", ""),
+            # Envoy sets x-request-id; direct gRPC callers get one here for logs and errors.
+            request=request, request_id=metadata.get("x-request-id", "")[:100] or uuid.uuid4().hex,
             peer_ip=_peer_ip(context, metadata), user_agent=metadata.get("user-agent", ""),
         )
 

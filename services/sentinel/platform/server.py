@@ -1,0 +1,151 @@
+"""grpc.aio server bootstrap shared by every service.
+
+Builds the server with the interceptor chain, ``grpc.health.v1``, reflection, the public
+HealthService and a Prometheus endpoint; drains gracefully on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sentinel.common.v1 import common_pb2, common_pb2_grpc
+from sentinel.platform import clients, contracts, db, metrics
+from sentinel.platform import logging as json_logging
+from sentinel.platform.auth import TokenVerifier, load_public_keys
+from sentinel.platform.config import Settings, get_settings
+from sentinel.platform.health import HealthApi, SelfStatus, database_check, peer_check
+from sentinel.platform.interceptors import default_chain
+from sentinel.platform.pagination import PageTokens
+
+log = logging.getLogger("sentinel.server")
+
+PEERS = ("tenant", "user", "audit", "scheduler")
+SERVER_OPTIONS = [
+    ("grpc.so_reuseport", 0),  # one process per port; Envoy balances across instances
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+
+@dataclass
+class Runtime:
+    """What a service's handlers get at start-up."""
+
+    settings: Settings
+    verifier: TokenVerifier | None
+    page_tokens: PageTokens
+
+
+@dataclass
+class ServiceSpec:
+    """How one service plugs into the shared bootstrap."""
+
+    name: str
+    #: Full names of the proto services this process implements.
+    implements: Sequence[str]
+    register: Callable[[grpc.aio.Server, Runtime], None]
+    needs_database: bool = True
+    #: Shown in GetHealth; e.g. DEGRADED with a reason for a health-only service.
+    status: int = common_pb2.SERVING_STATUS_SERVING
+    detail: str = ""
+
+
+def load_spec(name: str) -> ServiceSpec:
+    module = importlib.import_module(f"sentinel.{name}.service")
+    spec: ServiceSpec = module.spec()
+    return spec
+
+
+def check_contracts(spec: ServiceSpec) -> None:
+    """Refuse to start when a method this service implements has no policy option."""
+    known = {r.service.full_name for r in contracts.rpcs()}
+    for name in spec.implements:
+        if name not in known:
+            raise LookupError(f"{name} is not in the contracts registry")
+
+
+def make_runtime(settings: Settings) -> Runtime:
+    verifier = None
+    if settings.jwt_public_keys_dir is not None:
+        verifier = TokenVerifier(load_public_keys(settings.jwt_public_keys_dir),
+                                 issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    secret = settings.page_token_secret.get_secret_value()
+    if not secret:
+        raise RuntimeError("SENTINEL_PAGE_TOKEN_SECRET (or _FILE) is not set")
+    return Runtime(settings=settings, verifier=verifier, page_tokens=PageTokens(secret.encode()))
+
+
+async def build_server(spec: ServiceSpec, runtime: Runtime) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    settings = runtime.settings
+    check_contracts(spec)
+    server = grpc.aio.server(interceptors=[default_chain(spec.name, runtime.verifier)], options=SERVER_OPTIONS)
+    spec.register(server, runtime)
+
+    checks = [database_check()] if spec.needs_database else []
+    peers = [peer_check(p, settings.peer(p)) for p in PEERS if p != spec.name]
+    me = SelfStatus(spec.name, spec.status, spec.detail)
+    common_pb2_grpc.add_HealthServiceServicer_to_server(HealthApi(me, settings.version, checks, peers), server)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [*spec.implements, common_pb2.DESCRIPTOR.services_by_name["HealthService"].full_name]
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+
+    bound = server.add_insecure_port(f"{settings.grpc_host}:{settings.resolved_grpc_port}")
+    if bound == 0:
+        raise RuntimeError(f"cannot listen on {settings.grpc_host}:{settings.resolved_grpc_port}")
+    serving = health_pb2.HealthCheckResponse.SERVING
+    await health_servicer.set("", serving)
+    for name in names:
+        implemented = spec.status != common_pb2.SERVING_STATUS_DEGRADED or name not in spec.implements
+        await health_servicer.set(name, serving if implemented else health_pb2.HealthCheckResponse.NOT_SERVING)
+    return server, health_servicer
+
+
+async def serve(spec: ServiceSpec, settings: Settings) -> None:
+    runtime = make_runtime(settings)
+    if spec.needs_database:
+        db.init(settings)
+    server, health_servicer = await build_server(spec, runtime)
+    metrics.BUILD_INFO.labels(spec.name, settings.version).set(1)
+    metrics.serve_metrics(settings.metrics_host, settings.resolved_metrics_port)
+    await server.start()
+    log.info("serving", extra={"grpc": f"{settings.grpc_host}:{settings.resolved_grpc_port}",
+                               "metrics_port": settings.resolved_metrics_port})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    # Drain: tell load balancers first, then let in-flight calls finish.
+    log.info("draining")
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace=10)
+    await clients.close_all()
+    await db.dispose()
+    log.info("stopped")
+
+
+def run_service(name: str) -> int:
+    settings = get_settings()
+    json_logging.configure(name, settings.log_level)
+    spec = load_spec(name)
+    try:
+        import uvloop
+
+        uvloop.run(serve(spec, settings))
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep a portable fallback
+        asyncio.run(serve(spec, settings))
+    return 0

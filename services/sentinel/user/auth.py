@@ -1,0 +1,150 @@
+"""AuthService: login, refresh-token rotation, logout, WhoAmI and the JWKS.
+
+Failed logins never say which part was wrong, and cost the same argon2 verification
+whether or not the tenant or user exists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from typing import Any
+
+import grpc
+from sqlalchemy import func, select, text, update
+
+from sentinel.common.v1 import common_pb2
+from sentinel.platform import db
+from sentinel.platform.auth import ROLE_BY_NAME, Principal, TokenSigner, TokenVerifier, public_jwk
+from sentinel.platform.calls import require_call
+from sentinel.platform.errors import FailedPrecondition, FieldViolation, Unauthenticated, require
+from sentinel.platform.ids import uuid7
+from sentinel.platform.server import Runtime
+from sentinel.user.models import Session, User
+from sentinel.user.passwords import Passwords
+from sentinel.user.v1 import user_service_pb2, user_service_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+BAD_CREDENTIALS = "invalid tenant, e-mail or password"
+_RESOLVE = text("SELECT id, state FROM sentinel_resolve_tenant(:slug)")
+
+
+def _hash(token_id: str) -> str:
+    return hashlib.sha256(token_id.encode()).hexdigest()
+
+
+class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
+    def __init__(self, runtime: Runtime, passwords: Passwords, signer: TokenSigner) -> None:
+        self.settings = runtime.settings
+        self.passwords = passwords
+        self.signer = signer
+        verifier = runtime.verifier
+        assert verifier is not None, "the user service needs SENTINEL_JWT_PUBLIC_KEYS_DIR"
+        self.verifier: TokenVerifier = verifier
+
+    def _tokens(self, principal: Principal, session_id: uuid.UUID, refresh_id: str) -> dict[str, Any]:
+        access = self.signer.sign(principal, ttl_seconds=self.settings.access_token_ttl_seconds)
+        refresh_principal = Principal(principal.subject, principal.tenant_id, principal.role,
+                                      session_id=str(session_id), token_id=refresh_id)
+        refresh = self.signer.sign(refresh_principal, ttl_seconds=self.settings.refresh_token_ttl_seconds,
+                                   use="refresh")
+        return {"access_token": access, "refresh_token": refresh, "token_type": "Bearer",
+                "expires_in": self.settings.access_token_ttl_seconds}
+
+    async def Login(self, request: user_service_pb2.LoginRequest,
+                    context: Context) -> user_service_pb2.LoginResponse:
+        violations = [FieldViolation(f, "is required") for f in ("tenant", "email", "password")
+                      if not getattr(request, f)]
+        if len(request.password) > 1024 or len(request.email) > 320 or len(request.tenant) > 63:
+            violations.append(FieldViolation("login", "a field is too long"))
+        require(violations)
+        call = require_call()
+        async with db.unit_of_work(tenant_id=None, platform=False) as session:
+            tenant = (await session.execute(_RESOLVE, {"slug": request.tenant})).first()
+        user: User | None = None
+        if tenant is not None:
+            async with db.unit_of_work(tenant_id=tenant.id, platform=False) as session:
+                user = await session.scalar(select(User).where(func.lower(User.email) == request.email.lower()))
+        ok = await self.passwords.verify(user.password_hash if user else None, request.password)
+        if not ok or user is None or tenant is None:
+            raise Unauthenticated(BAD_CREDENTIALS, reason="BAD_CREDENTIALS")
+        # Only a caller who knows the password learns why an account cannot log in.
+        if tenant.state != "active":
+            raise FailedPrecondition(f"the tenant is {tenant.state}; contact your administrator",
+                                     reason="TENANT_NOT_ACTIVE")
+        if user.state != "active":
+            raise FailedPrecondition(f"the account is {user.state}; contact your administrator",
+                                     reason="USER_NOT_ACTIVE")
+        session_id, refresh_id = uuid7(), secrets.token_urlsafe(24)
+        principal = Principal(str(user.id), user.tenant_id, user.role, session_id=str(session_id))
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.settings.refresh_token_ttl_seconds)
+        rehash = self.passwords.needs_rehash(user.password_hash)
+        new_hash = await self.passwords.hash(request.password) if rehash else None
+        async with db.unit_of_work(tenant_id=user.tenant_id, platform=False) as session:
+            session.add(Session(id=session_id, tenant_id=user.tenant_id, user_id=user.id,
+                                refresh_token_hash=_hash(refresh_id), expire_time=expires,
+                                source_ip=call.peer_ip[:100], user_agent=call.user_agent[:300]))
+            values: dict[str, Any] = {"last_login_time": func.now()}
+            if new_hash:
+                values["password_hash"] = new_hash
+            await session.execute(update(User).where(User.id == user.id).values(**values))
+        return user_service_pb2.LoginResponse(**self._tokens(principal, session_id, refresh_id))
+
+    async def RefreshToken(self, request: user_service_pb2.RefreshTokenRequest,
+                           context: Context) -> user_service_pb2.RefreshTokenResponse:
+        require([FieldViolation("refresh_token", "is required")] if not request.refresh_token else [])
+        claims = self.verifier.verify(request.refresh_token, use="refresh")
+        invalid = Unauthenticated("the refresh token is invalid or was already used; log in again",
+                                  reason="REFRESH_INVALID")
+        try:
+            session_id = uuid.UUID(claims.session_id)
+        except ValueError:
+            raise invalid from None
+        new_refresh_id = secrets.token_urlsafe(24)
+        reused = False
+        async with db.unit_of_work(tenant_id=claims.tenant_id, platform=False) as session:
+            row = await session.get(Session, session_id, with_for_update=True)
+            if row is None or row.revoke_time is not None or row.expire_time < dt.datetime.now(dt.UTC):
+                raise invalid
+            user = await session.get(User, row.user_id)
+            if row.refresh_token_hash != _hash(claims.token_id):
+                # A spent refresh token came back: someone holds a copy. End the whole session.
+                row.revoke_time = dt.datetime.now(dt.UTC)
+                reused = True
+            elif user is None or user.state != "active":
+                raise invalid
+            else:
+                row.refresh_token_hash = _hash(new_refresh_id)
+                row.last_refresh_time = dt.datetime.now(dt.UTC)
+        if reused or user is None:
+            raise invalid
+        principal = Principal(str(user.id), user.tenant_id, user.role, session_id=str(session_id))
+        return user_service_pb2.RefreshTokenResponse(**self._tokens(principal, session_id, new_refresh_id))
+
+    async def Logout(self, request: user_service_pb2.LogoutRequest,
+                     context: Context) -> user_service_pb2.LogoutResponse:
+        principal = require_call().principal
+        assert principal is not None
+        if principal.session_id:
+            async with db.unit_of_work() as session:
+                await session.execute(
+                    update(Session).where(Session.id == uuid.UUID(principal.session_id),
+                                          Session.revoke_time.is_(None))
+                    .values(revoke_time=func.now()))
+        return user_service_pb2.LogoutResponse()
+
+    async def WhoAmI(self, request: user_service_pb2.WhoAmIRequest,
+                     context: Context) -> user_service_pb2.WhoAmIResponse:
+        principal = require_call().principal
+        assert principal is not None
+        return user_service_pb2.WhoAmIResponse(
+            user_id=principal.subject, tenant_id=str(principal.tenant_id),
+            role=ROLE_BY_NAME.get(principal.role, common_pb2.ROLE_UNSPECIFIED),
+            session_id=principal.session_id)
+
+    async def GetJwks(self, request: user_service_pb2.GetJwksRequest,
+                      context: Context) -> user_service_pb2.GetJwksResponse:
+        keys = [user_service_pb2.Jwk(**public_jwk(kid, key)) for kid, key in self.verifier.keys.items()]
+        return user_service_pb2.GetJwksResponse(keys=keys)

@@ -1,0 +1,46 @@
+"""The ``users`` and ``sessions`` tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import DateTime, Integer, String, Text, func
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from sentinel.platform.models import Base
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    # References tenants(id) ON DELETE CASCADE in the database (migration 0001).
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    email: Mapped[str] = mapped_column(String(320))
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    role: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(20), default="active")
+    password_hash: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    create_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    update_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_login_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Session(Base):
+    """A login: the refresh token's current hash and its revocation state."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    refresh_token_hash: Mapped[str] = mapped_column(Text)
+    create_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_refresh_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expire_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    revoke_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    source_ip: Mapped[str] = mapped_column(Text, default="")
+    user_agent: Mapped[str] = mapped_column(Text, default="")

@@ -1,0 +1,250 @@
+"""UserService handlers. Tenant binding and permissions come from the interceptors; the
+rules here are the ones only this service knows (roles a caller may grant, last owner)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+
+from sentinel.common.v1 import common_pb2
+from sentinel.platform import clients, db
+from sentinel.platform.auth import PLATFORM_TENANT_ID, RANK, Principal, TokenSigner
+from sentinel.platform.calls import require_call
+from sentinel.platform.convert import EnumText, timestamp, update_paths
+from sentinel.platform.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    NotFound,
+    PermissionDenied,
+    require,
+)
+from sentinel.platform.ids import parse_uuid, uuid7
+from sentinel.platform.pagination import Cursor, etag, page_size
+from sentinel.platform.server import Runtime, ServiceSpec
+from sentinel.platform.validation import email as check_email
+from sentinel.platform.validation import text as check_text
+from sentinel.tenant.v1 import tenant_pb2, tenant_service_pb2, tenant_service_pb2_grpc
+from sentinel.user.models import User
+from sentinel.user.passwords import Passwords
+from sentinel.user.v1 import user_pb2, user_service_pb2, user_service_pb2_grpc
+
+ROLE = EnumText(common_pb2.Role, "ROLE_")
+STATE = EnumText(user_pb2.UserState, "USER_STATE_")
+UPDATABLE = ("email", "display_name", "role", "state")
+MAX_PASSWORD = 256
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def to_proto(row: User) -> user_pb2.User:
+    return user_pb2.User(
+        id=str(row.id), tenant_id=str(row.tenant_id), email=row.email, display_name=row.display_name,
+        role=ROLE.value(row.role), state=STATE.value(row.state), create_time=timestamp(row.create_time),
+        update_time=timestamp(row.update_time), last_login_time=timestamp(row.last_login_time),
+        etag=etag(row.id, row.version),
+    )
+
+
+def not_found(user_id: object) -> NotFound:
+    return NotFound(f"user {user_id} not found", reason="USER_NOT_FOUND")
+
+
+def check_grant(principal: Principal, role: str, field: str) -> None:
+    """Nobody grants a role above their own; platform_admin exists only in the platform tenant."""
+    if role == "platform_admin" and require_call().tenant_id != PLATFORM_TENANT_ID:
+        raise PermissionDenied("ROLE_PLATFORM_ADMIN exists only in the platform tenant",
+                               reason="ROLE_NOT_ALLOWED", metadata={"field": field})
+    if RANK.get(role, 99) > RANK.get(principal.role, 0):
+        raise PermissionDenied(f"your role '{principal.role}' cannot grant '{role}'",
+                               reason="ROLE_ABOVE_CALLER", metadata={"field": field})
+
+
+def check_password(password: str, min_len: int, out: list[FieldViolation]) -> None:
+    if not password:
+        out.append(FieldViolation("password", "is required"))
+    elif len(password) < min_len:
+        out.append(FieldViolation("password", f"must be at least {min_len} characters"))
+    elif len(password) > MAX_PASSWORD:
+        out.append(FieldViolation("password", f"must be at most {MAX_PASSWORD} characters"))
+
+
+async def require_active_tenant(tenant_addr: str) -> None:
+    """Ask TenantService (over gRPC, as the caller) whether the call's tenant accepts writes."""
+    call = require_call()
+    stub = tenant_service_pb2_grpc.TenantServiceStub(clients.channel(tenant_addr))
+    try:
+        reply = await stub.GetTenant(tenant_service_pb2.GetTenantRequest(id=str(call.tenant_id)),
+                                     metadata=clients.propagated_metadata(), timeout=5)
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.NOT_FOUND:
+            raise NotFound(f"tenant {call.tenant_id} not found", reason="TENANT_NOT_FOUND") from None
+        raise
+    if reply.tenant.state != tenant_pb2.TENANT_STATE_ACTIVE:
+        raise FailedPrecondition("the tenant is not active", reason="TENANT_NOT_ACTIVE")
+
+
+async def owners_left(session: Any, excluding: Any) -> int:
+    count = await session.scalar(
+        select(func.count()).select_from(User).where(User.role == "owner", User.id != excluding,
+                                                     User.state == "active"))
+    return int(count or 0)
+
+
+class UserApi(user_service_pb2_grpc.UserServiceServicer):
+    def __init__(self, runtime: Runtime, passwords: Passwords) -> None:
+        self.settings = runtime.settings
+        self.page_tokens = runtime.page_tokens
+        self.passwords = passwords
+
+    async def CreateUser(self, request: user_service_pb2.CreateUserRequest,
+                         context: Context) -> user_service_pb2.CreateUserResponse:
+        call = require_call()
+        assert call.principal is not None and call.tenant_id is not None
+        violations: list[FieldViolation] = []
+        check_email("email", request.email, violations)
+        check_text("display_name", request.display_name, max_len=200, out=violations)
+        check_password(request.password, self.settings.password_min_length, violations)
+        role = ROLE.text(request.role, "role", default="member")
+        require(violations)
+        check_grant(call.principal, role, "role")
+        await require_active_tenant(self.settings.tenant_addr)
+        password_hash = await self.passwords.hash(request.password)
+        row = User(id=uuid7(), tenant_id=call.tenant_id, email=request.email,
+                   display_name=request.display_name, role=role, state="active",
+                   password_hash=password_hash, version=1)
+        async with db.unit_of_work() as session:
+            session.add(row)
+            try:
+                await session.flush()
+            except IntegrityError:
+                raise AlreadyExists("a user with this e-mail already exists in the tenant",
+                                    reason="USER_EMAIL_TAKEN") from None
+            await session.refresh(row)
+            return user_service_pb2.CreateUserResponse(user=to_proto(row))
+
+    async def GetUser(self, request: user_service_pb2.GetUserRequest,
+                      context: Context) -> user_service_pb2.GetUserResponse:
+        user_id = parse_uuid(request.id, "id")
+        async with db.unit_of_work() as session:
+            row = await session.get(User, user_id)
+            if row is None:
+                raise not_found(user_id)
+            return user_service_pb2.GetUserResponse(user=to_proto(row))
+
+    async def ListUsers(self, request: user_service_pb2.ListUsersRequest,
+                        context: Context) -> user_service_pb2.ListUsersResponse:
+        size = page_size(request.page_size)
+        role = ROLE.text(request.role, "role", default="")
+        state = STATE.text(request.state, "state", default="")
+        call = require_call()
+        scope = f"ListUsers|{role}|{state}"
+        cursor = self.page_tokens.decode(request.page_token, tenant=call.tenant_id, scope=scope)
+        query = select(User).order_by(User.create_time, User.id).limit(size + 1)
+        if role:
+            query = query.where(User.role == role)
+        if state:
+            query = query.where(User.state == state)
+        if cursor:
+            query = query.where(tuple_(User.create_time, User.id) > (cursor.create_time, cursor.id))
+        async with db.unit_of_work() as session:
+            rows = list((await session.scalars(query)).all())
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = self.page_tokens.encode(Cursor(rows[-1].create_time, rows[-1].id),
+                                            tenant=call.tenant_id, scope=scope)
+        return user_service_pb2.ListUsersResponse(users=[to_proto(r) for r in rows], next_page_token=token)
+
+    async def UpdateUser(self, request: user_service_pb2.UpdateUserRequest,
+                         context: Context) -> user_service_pb2.UpdateUserResponse:
+        call = require_call()
+        principal = call.principal
+        assert principal is not None
+        user_id = parse_uuid(request.user.id, "user.id")
+        paths = update_paths(request.user, request.update_mask, UPDATABLE)
+        violations: list[FieldViolation] = []
+        values: dict[str, object] = {}
+        if "email" in paths:
+            check_email("user.email", request.user.email, violations)
+            values["email"] = request.user.email
+        if "display_name" in paths:
+            check_text("user.display_name", request.user.display_name, max_len=200, out=violations)
+            values["display_name"] = request.user.display_name
+        if "role" in paths:
+            values["role"] = ROLE.text(request.user.role, "user.role")
+        if "state" in paths:
+            values["state"] = STATE.text(request.user.state, "user.state")
+        require(violations)
+        if "role" in values:
+            check_grant(principal, str(values["role"]), "user.role")
+        async with db.unit_of_work() as session:
+            row = await session.get(User, user_id, with_for_update=True)
+            if row is None:
+                raise not_found(user_id)
+            if request.user.etag and request.user.etag != etag(row.id, row.version):
+                raise Aborted("the user was changed since you read it; get it again and retry",
+                              reason="ETAG_MISMATCH")
+            if RANK.get(row.role, 0) > RANK.get(principal.role, 0):
+                raise PermissionDenied("you cannot change a user whose role is above yours",
+                                       reason="TARGET_ABOVE_CALLER")
+            losing_owner = row.role == "owner" and (
+                values.get("role", "owner") != "owner" or values.get("state", "active") != "active")
+            if losing_owner and await owners_left(session, row.id) == 0:
+                raise FailedPrecondition("a tenant needs at least one active owner; make another "
+                                         "user owner first", reason="LAST_OWNER")
+            if values:
+                try:
+                    await session.execute(
+                        update(User).where(User.id == user_id)
+                        .values(**values, version=User.version + 1, update_time=func.now()))
+                except IntegrityError:
+                    raise AlreadyExists("a user with this e-mail already exists in the tenant",
+                                        reason="USER_EMAIL_TAKEN") from None
+                await session.refresh(row)
+            return user_service_pb2.UpdateUserResponse(user=to_proto(row))
+
+    async def DeleteUser(self, request: user_service_pb2.DeleteUserRequest,
+                         context: Context) -> user_service_pb2.DeleteUserResponse:
+        principal = require_call().principal
+        assert principal is not None
+        user_id = parse_uuid(request.id, "id")
+        if principal.user_id == user_id:
+            raise FailedPrecondition("you cannot delete yourself", reason="SELF_DELETE")
+        async with db.unit_of_work() as session:
+            row = await session.get(User, user_id, with_for_update=True)
+            if row is None:
+                raise not_found(user_id)
+            if request.etag and request.etag != etag(row.id, row.version):
+                raise Aborted("the user was changed since you read it; get it again and retry",
+                              reason="ETAG_MISMATCH")
+            if RANK.get(row.role, 0) > RANK.get(principal.role, 0):
+                raise PermissionDenied("you cannot delete a user whose role is above yours",
+                                       reason="TARGET_ABOVE_CALLER")
+            if row.role == "owner" and await owners_left(session, row.id) == 0:
+                raise FailedPrecondition("the last owner of a tenant cannot be deleted",
+                                         reason="LAST_OWNER")
+            await session.execute(delete(User).where(User.id == user_id))
+        return user_service_pb2.DeleteUserResponse()
+
+
+
+def spec() -> ServiceSpec:
+    from sentinel.user.auth import AuthApi
+
+    def register(server: grpc.aio.Server, runtime: Runtime) -> None:
+        settings = runtime.settings
+        if settings.jwt_signing_key_file is None:
+            raise RuntimeError("the user service needs SENTINEL_JWT_SIGNING_KEY_FILE")
+        signer = TokenSigner.from_file(settings.jwt_signing_key_file, issuer=settings.jwt_issuer,
+                                       audience=settings.jwt_audience)
+        passwords = Passwords(settings)
+        user_service_pb2_grpc.add_UserServiceServicer_to_server(UserApi(runtime, passwords), server)
+        user_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthApi(runtime, passwords, signer), server)
+
+    services = user_service_pb2.DESCRIPTOR.services_by_name
+    return ServiceSpec(name="user", implements=[services["UserService"].full_name,
+                                                services["AuthService"].full_name], register=register)
