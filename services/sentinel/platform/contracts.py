@@ -10,7 +10,7 @@ import functools
 from dataclasses import dataclass
 from types import ModuleType
 
-from google.api import annotations_pb2, http_pb2
+from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor, MethodDescriptor, ServiceDescriptor
 
@@ -138,7 +138,3 @@ def file_descriptor_set() -> descriptor_pb2.FileDescriptorSet:
     for fd in order:
         fd.CopyToProto(fds.file.add())
     return fds
-
-
-def http_rule_type() -> type[http_pb2.HttpRule]:
-    return http_pb2.HttpRule

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from typing import Any
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import Message
 
 from sentinel.platform.errors import FieldViolation, InvalidArgument
@@ -15,10 +15,10 @@ from sentinel.platform.errors import FieldViolation, InvalidArgument
 class EnumText:
     """Maps a prefixed proto enum (``TENANT_STATE_ACTIVE``) to lower-case text (``active``)."""
 
-    def __init__(self, enum: EnumTypeWrapper, prefix: str) -> None:
+    def __init__(self, enum: Any, prefix: str) -> None:
         self.enum = enum
         self.prefix = prefix
-        self._to_text = {v: n.removeprefix(prefix).lower() for n, v in enum.items() if v != 0}
+        self._to_text: dict[int, str] = {v: n.removeprefix(prefix).lower() for n, v in enum.items() if v != 0}
         self._to_enum = {t: v for v, t in self._to_text.items()}
 
     def text(self, value: int, field: str, *, default: str | None = None) -> str:
@@ -31,7 +31,7 @@ class EnumText:
             raise InvalidArgument(f"{field} must be one of {allowed}",
                                   [FieldViolation(field, "unknown value")]) from None
 
-    def value(self, text: str) -> int:
+    def value(self, text: str) -> Any:
         return self._to_enum[text]
 
 

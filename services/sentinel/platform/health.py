@@ -27,11 +27,14 @@ Check = Callable[[], Awaitable[common_pb2.ComponentHealth]]
 @dataclass(frozen=True, slots=True)
 class SelfStatus:
     name: str
-    status: int = SERVING
+    status: common_pb2.ServingStatus.ValueType = SERVING
     detail: str = ""
 
 
-async def _timed(name: str, probe: Callable[[], Awaitable[tuple[int, str]]]) -> common_pb2.ComponentHealth:
+Probe = Callable[[], Awaitable[tuple[common_pb2.ServingStatus.ValueType, str]]]
+
+
+async def _timed(name: str, probe: Probe) -> common_pb2.ComponentHealth:
     start = time.perf_counter()
     try:
         status, detail = await asyncio.wait_for(probe(), timeout=2.0)
@@ -46,7 +49,7 @@ async def _timed(name: str, probe: Callable[[], Awaitable[tuple[int, str]]]) -> 
 
 
 def database_check() -> Check:
-    async def probe() -> tuple[int, str]:
+    async def probe() -> tuple[common_pb2.ServingStatus.ValueType, str]:
         async with db.engine().connect() as conn:
             await conn.execute(text("SELECT 1"))
         return SERVING, ""
@@ -60,7 +63,7 @@ SHALLOW = ("x-sentinel-health", "shallow")
 def peer_check(name: str, target: str) -> Check:
     """Ask a peer for its own health (shallow: it does not fan out to its peers)."""
 
-    async def probe() -> tuple[int, str]:
+    async def probe() -> tuple[common_pb2.ServingStatus.ValueType, str]:
         stub = common_pb2_grpc.HealthServiceStub(clients.channel(target))
         reply = await stub.GetHealth(common_pb2.GetHealthRequest(), metadata=(SHALLOW,), timeout=1.5)
         details = [c.detail for c in reply.components if c.detail]

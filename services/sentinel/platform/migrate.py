@@ -36,4 +36,5 @@ def execute_script(sql: str) -> None:
     from sqlalchemy.util import await_only
 
     raw = op.get_bind().connection.driver_connection
+    assert raw is not None, "migrations need a live connection"
     await_only(raw.execute(sql))

@@ -56,7 +56,7 @@ class ServiceSpec:
     register: Callable[[grpc.aio.Server, Runtime], None]
     needs_database: bool = True
     #: Shown in GetHealth; e.g. DEGRADED with a reason for a health-only service.
-    status: int = common_pb2.SERVING_STATUS_SERVING
+    status: common_pb2.ServingStatus.ValueType = common_pb2.SERVING_STATUS_SERVING
     detail: str = ""
 
 

@@ -141,7 +141,7 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
         assert principal is not None
         return user_service_pb2.WhoAmIResponse(
             user_id=principal.subject, tenant_id=str(principal.tenant_id),
-            role=ROLE_BY_NAME.get(principal.role, common_pb2.ROLE_UNSPECIFIED),
+            role=common_pb2.Role.ValueType(ROLE_BY_NAME.get(principal.role, common_pb2.ROLE_UNSPECIFIED)),
             session_id=principal.session_id)
 
     async def GetJwks(self, request: user_service_pb2.GetJwksRequest,

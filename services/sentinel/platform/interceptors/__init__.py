@@ -32,7 +32,7 @@ class UnaryInterceptor(Protocol):
 
 def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
     out: dict[str, str] = {}
-    for key, value in details.invocation_metadata or ():  # type: ignore[attr-defined]
+    for key, value in details.invocation_metadata or ():
         if isinstance(value, str):
             out[key] = value
     return out
@@ -61,7 +61,7 @@ class Chain(grpc.aio.ServerInterceptor):
 
     def _new_call(self, details: grpc.HandlerCallDetails, request: Any,
                   context: grpc.aio.ServicerContext[Any, Any]) -> calls.Call:
-        method = details.method  # type: ignore[attr-defined]
+        method = details.method
         metadata = _metadata(details)
         return calls.Call(
             method=method, rpc=contracts.rpc_for(method), metadata=metadata, context=context,
@@ -72,15 +72,15 @@ class Chain(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        method = handler_call_details.method  # type: ignore[attr-defined]
+        method = handler_call_details.method
         if handler is None or method.startswith(contracts.INFRASTRUCTURE_PREFIXES):
             return handler
         if handler.unary_unary is not None:
-            inner = handler.unary_unary
+            inner: Any = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 call = self._new_call(handler_call_details, request, context)
@@ -97,7 +97,7 @@ class Chain(grpc.aio.ServerInterceptor):
                 unary, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
+            inner_stream: Any = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 call = self._new_call(handler_call_details, request, context)

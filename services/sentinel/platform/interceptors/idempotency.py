@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from google.protobuf import message_factory
 from google.protobuf.message import Message
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -39,7 +40,7 @@ def request_hash(request: Message) -> str:
     copy = type(request)()
     copy.CopyFrom(request)
     if "request_id" in copy.DESCRIPTOR.fields_by_name:
-        copy.ClearField("request_id")  # type: ignore[arg-type]
+        copy.ClearField("request_id")
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
@@ -65,7 +66,7 @@ class IdempotencyInterceptor:
                 if found.request_hash != digest:
                     raise Aborted("this request_id was already used for a different request; "
                                   "use a new request_id", reason="IDEMPOTENCY_KEY_REUSED")
-                output: Any = call.rpc.method.output_type._concrete_class
+                output = message_factory.GetMessageClass(call.rpc.method.output_type)
                 return output.FromString(found.response)
             response: Message = await proceed()
             await session.execute(insert(IdempotencyRecord).values(

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from sentinel.platform.calls import Call
-from sentinel.platform.contracts import TenantScope
 from sentinel.platform.errors import FieldViolation, InvalidArgument, PermissionDenied, Unauthenticated
 from sentinel.policy.v1 import policy_pb2
 
@@ -52,7 +51,7 @@ class PolicyInterceptor:
         if rpc is None:  # registered without a contract: refused (the server checks at start-up too)
             raise PermissionDenied("this method has no policy", reason="NO_POLICY")
         policy = rpc.policy
-        scope: TenantScope = policy.tenant_scope
+        scope = int(policy.tenant_scope)
         if scope == policy_pb2.TENANT_SCOPE_PUBLIC:
             yield
             return
