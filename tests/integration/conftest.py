@@ -1,0 +1,82 @@
+"""Fixtures for integration tests: two populated tenants on the running stack."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+from sentinel.common.v1 import common_pb2
+from sentinel.tenant.v1 import tenant_service_pb2 as tsp
+from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
+from sentinel.user.v1 import user_service_pb2 as usp
+from sentinel.user.v1 import user_service_pb2_grpc as usg
+
+from tests.integration.clients import Principal
+
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Tenant:
+    id: str
+    slug: str
+    owner: Principal
+    member: Principal
+    user_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class World:
+    """Tenants A and B, each with an owner and a member, plus the platform admin."""
+
+    admin: Principal
+    a: Tenant
+    b: Tenant
+    channels: dict[str, grpc.aio.Channel]
+
+    def stub(self, cls: Any, service: str) -> Any:
+        return cls(self.channels[service])
+
+
+async def login(channel: grpc.aio.Channel, slug: str, email: str, password: str) -> tuple[str, str]:
+    reply = await usg.AuthServiceStub(channel).Login(usp.LoginRequest(tenant=slug, email=email, password=password))
+    me = await usg.AuthServiceStub(channel).WhoAmI(
+        usp.WhoAmIRequest(), metadata=(("authorization", f"Bearer {reply.access_token}"),))
+    return reply.access_token, me.user_id
+
+
+async def make_tenant(channels: dict[str, grpc.aio.Channel], admin: Principal, name: str) -> Tenant:
+    slug = f"{name}-{uuid.uuid4().hex[:8]}"
+    tenant = (await tsg.TenantServiceStub(channels["tenant"]).CreateTenant(
+        tsp.CreateTenantRequest(slug=slug, display_name=f"Tenant {name}"), metadata=admin.metadata)).tenant
+    users = usg.UserServiceStub(channels["user"])
+    principals = {}
+    for role, label in ((common_pb2.ROLE_OWNER, "owner"), (common_pb2.ROLE_MEMBER, "member")):
+        email = f"{label}@{slug}.example.com"
+        await users.CreateUser(usp.CreateUserRequest(tenant_id=tenant.id, email=email, password=PASSWORD,
+                                                     role=role, display_name=f"{label} of {name}"),
+                               metadata=admin.metadata)
+        token, user_id = await login(channels["user"], slug, email, PASSWORD)
+        principals[label] = Principal(f"{name}-{label}", tenant.id, user_id, token)
+    t = Tenant(tenant.id, slug, principals["owner"], principals["member"])
+    t.user_ids = [principals["owner"].user_id, principals["member"].user_id]
+    return t
+
+
+@pytest.fixture(scope="session")
+async def world(stack: Any) -> AsyncIterator[World]:
+    channels = {name: grpc.aio.insecure_channel(stack.service_target(name))
+                for name in ("tenant", "user", "audit", "scheduler")}
+    token, user_id = await login(channels["user"], "platform", stack.admin_email, stack.admin_password)
+    from sentinel.platform.auth import PLATFORM_TENANT_ID
+
+    admin = Principal("platform-admin", str(PLATFORM_TENANT_ID), user_id, token)
+    a = await make_tenant(channels, admin, "alpha")
+    b = await make_tenant(channels, admin, "bravo")
+    yield World(admin, a, b, channels)
+    for ch in channels.values():
+        await ch.close()

@@ -1,0 +1,217 @@
+"""The isolation suite, generated from the proto descriptors (DESIGN.md §10).
+
+For every RPC, the owner of tenant B (the most privileged tenant role) attacks tenant A:
+A's ids in every id-like field, A's tenant id in ``tenant_id``, A's page tokens, over gRPC
+(direct to the service) and over REST (through Envoy). Nothing of A may come back, nothing
+of A may change, and "A's" must look exactly like "does not exist". A new RPC is covered
+without editing this file, as long as its fields follow the naming conventions below.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from sentinel.platform import contracts
+from sentinel.policy.v1 import policy_pb2
+
+from tests.integration.clients import new_request, rest_call, unary
+from tests.integration.conftest import PASSWORD, World
+
+pytestmark = pytest.mark.integration
+
+#: Services whose API is not implemented yet answer UNIMPLEMENTED; nothing to prove there.
+IMPLEMENTED = {"sentinel.tenant.v1.TenantService", "sentinel.user.v1.UserService",
+               "sentinel.user.v1.AuthService"}
+PROCESS = {"tenant": "tenant", "user": "user", "audit": "audit", "scheduler": "scheduler", "common": "tenant"}
+
+TENANT_RPCS = [r for r in contracts.rpcs() if not r.public and not r.streaming]
+
+
+def process_of(rpc: contracts.Rpc) -> str:
+    return PROCESS[rpc.service.full_name.split(".")[1]]
+
+
+def resource_id(world: World, rpc: contracts.Rpc) -> str:
+    """The id of A's resource that this RPC's service manages."""
+    if rpc.service.name == "TenantService":
+        return world.a.id
+    if rpc.service.name == "UserService":
+        return world.a.member.user_id
+    return str(uuid.uuid4())
+
+
+def fill(message: Message, world: World, rpc: contracts.Rpc, page_token: str) -> None:
+    """Populate a request with A's identifiers and otherwise valid values."""
+    for field in message.DESCRIPTOR.fields:
+        name = field.name
+        if field.label == FieldDescriptor.LABEL_REPEATED:
+            continue
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.message_type.full_name.startswith("sentinel."):
+                fill(getattr(message, name), world, rpc, page_token)
+            continue
+        if field.type != FieldDescriptor.TYPE_STRING:
+            continue
+        value = {
+            "id": resource_id(world, rpc),
+            "tenant_id": world.a.id,
+            "page_token": page_token,
+            "email": f"probe-{uuid.uuid4().hex[:8]}@example.com",
+            "password": PASSWORD,
+            "display_name": "isolation probe",
+            "slug": f"probe-{uuid.uuid4().hex[:8]}",
+            "request_id": uuid.uuid4().hex,
+        }.get(name)
+        if value is not None:
+            setattr(message, name, value)
+
+
+def a_markers(world: World) -> list[str]:
+    return [world.a.id, world.a.slug, *world.a.user_ids]
+
+
+async def a_snapshot(world: World) -> str:
+    """Everything A can see of itself, as A sees it (etags change on any write)."""
+    parts = []
+    for rpc in contracts.rpcs():
+        if rpc.method.name in {"GetTenant", "ListUsers", "ListTenants"}:
+            req = new_request(rpc)
+            if "id" in req.DESCRIPTOR.fields_by_name:
+                req.id = world.a.id  # type: ignore[attr-defined]
+            reply = await unary(world.channels[process_of(rpc)], rpc, req, world.a.owner.token)
+            parts.append(json_format.MessageToJson(reply, sort_keys=True))
+    return "\n".join(parts)
+
+
+async def a_page_token(world: World, rpc: contracts.Rpc) -> str:
+    """A real page token minted for A by the list RPC (empty if this RPC does not page)."""
+    req = new_request(rpc)
+    if "page_size" not in req.DESCRIPTOR.fields_by_name or rpc.service.full_name not in IMPLEMENTED:
+        return ""
+    req.page_size = 1  # type: ignore[attr-defined]
+    reply = await unary(world.channels[process_of(rpc)], rpc, req, world.a.owner.token)
+    return str(getattr(reply, "next_page_token", ""))
+
+
+def assert_nothing_of_a(world: World, payload: str, where: str) -> None:
+    for marker in a_markers(world):
+        assert marker not in payload, f"{where} leaked tenant A's {marker}"
+
+
+def rpc_id(rpc: contracts.Rpc) -> str:
+    return f"{rpc.service.name}.{rpc.method.name}"
+
+
+@pytest.mark.parametrize("rpc", TENANT_RPCS, ids=rpc_id)
+async def test_grpc_cross_tenant(world: World, rpc: contracts.Rpc) -> None:
+    if rpc.service.full_name not in IMPLEMENTED:
+        pytest.skip(f"{rpc.service.full_name} is not implemented yet (health only)")
+    before = await a_snapshot(world)
+    channel = world.channels[process_of(rpc)]
+    attacker = world.b.owner
+    tokens = [""]
+    if "page_token" in rpc.method.input_type.fields_by_name:
+        tokens.append(await a_page_token(world, rpc))
+    for token in dict.fromkeys(tokens):
+        request = new_request(rpc)
+        fill(request, world, rpc, token)
+        try:
+            reply = await unary(channel, rpc, request, attacker.token)
+        except grpc.aio.AioRpcError as err:
+            if rpc.policy.tenant_scope == policy_pb2.TENANT_SCOPE_PLATFORM:
+                assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+                continue
+            allowed = {grpc.StatusCode.NOT_FOUND}
+            if token:
+                allowed.add(grpc.StatusCode.INVALID_ARGUMENT)  # A's page token is refused
+            assert err.code() in allowed, f"{rpc_id(rpc)}: {err.code()} {err.details()}"
+            continue
+        assert rpc.policy.tenant_scope != policy_pb2.TENANT_SCOPE_PLATFORM, "B's owner ran a platform RPC"
+        assert_nothing_of_a(world, json_format.MessageToJson(reply), rpc_id(rpc))
+    assert await a_snapshot(world) == before, f"{rpc_id(rpc)} changed tenant A"
+
+
+@pytest.mark.parametrize("rpc", [r for r in TENANT_RPCS if r.http], ids=rpc_id)
+async def test_rest_cross_tenant(world: World, stack: Any, rpc: contracts.Rpc) -> None:
+    if rpc.service.full_name not in IMPLEMENTED:
+        pytest.skip(f"{rpc.service.full_name} is not implemented yet (health only)")
+    before = await a_snapshot(world)
+    token = await a_page_token(world, rpc) if "page_token" in rpc.method.input_type.fields_by_name else ""
+    with httpx.Client(base_url=stack.rest_url, timeout=10) as client:
+        for rule in rpc.http:
+            for page_token in dict.fromkeys(["", token]):
+                request = new_request(rpc)
+                fill(request, world, rpc, page_token)
+                response = rest_call(client, rule, request, world.b.owner.token)
+                where = f"{rule.method} {rule.path}"
+                if rpc.policy.tenant_scope == policy_pb2.TENANT_SCOPE_PLATFORM:
+                    assert response.status_code == 403, f"{where}: {response.status_code} {response.text}"
+                    continue
+                if response.status_code >= 400:
+                    allowed = {404} | ({400} if page_token else set())
+                    assert response.status_code in allowed, f"{where}: {response.status_code} {response.text}"
+                    assert response.json()["code"] in (5, 3)
+                else:
+                    assert_nothing_of_a(world, response.text, where)
+    assert await a_snapshot(world) == before, f"{rpc_id(rpc)} changed tenant A over REST"
+
+
+ID_RPCS = [r for r in TENANT_RPCS if r.service.full_name in IMPLEMENTED
+           and r.policy.tenant_scope == policy_pb2.TENANT_SCOPE_TENANT
+           and any(f in r.method.input_type.fields_by_name for f in ("id", "tenant", "user"))]
+
+
+@pytest.mark.parametrize("rpc", ID_RPCS, ids=rpc_id)
+async def test_not_yours_looks_like_missing(world: World, rpc: contracts.Rpc) -> None:
+    """B probing A's id gets exactly what B gets for an id that does not exist."""
+    channel = world.channels[process_of(rpc)]
+    results = []
+    for target in (resource_id(world, rpc), str(uuid.uuid4())):
+        request = new_request(rpc)
+        fill(request, world, rpc, "")
+        _set_ids(request, target)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await unary(channel, rpc, request, world.b.owner.token)
+        results.append((info.value.code(), (info.value.details() or "").replace(target, "<id>")))
+    assert results[0] == results[1]
+    assert results[0][0] == grpc.StatusCode.NOT_FOUND
+
+
+def _set_ids(message: Message, value: str) -> None:
+    for field in message.DESCRIPTOR.fields:
+        if field.name == "id":
+            message.id = value
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.full_name.startswith("sentinel.") \
+                and field.label != FieldDescriptor.LABEL_REPEATED:
+            _set_ids(getattr(message, field.name), value)
+
+
+async def test_login_cannot_cross_tenants(world: World) -> None:
+    """A's credentials do not open B's tenant, and the error is the generic one."""
+    from sentinel.user.v1 import user_service_pb2 as usp
+    from sentinel.user.v1 import user_service_pb2_grpc as usg
+
+    stub = usg.AuthServiceStub(world.channels["user"])
+    email = f"owner@{world.a.slug}.example.com"
+    with pytest.raises(grpc.aio.AioRpcError) as cross:
+        await stub.Login(usp.LoginRequest(tenant=world.b.slug, email=email, password=PASSWORD))
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await stub.Login(usp.LoginRequest(tenant=world.b.slug, email="nobody@example.com", password=PASSWORD))
+    assert cross.value.code() == unknown.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert cross.value.details() == unknown.value.details()
+
+
+def test_suite_covers_every_tenant_rpc() -> None:
+    """Guard: the generated suite really enumerates the contracts (not an empty list)."""
+    names = {rpc_id(r) for r in TENANT_RPCS}
+    assert {"UserService.GetUser", "UserService.ListUsers", "UserService.DeleteUser",
+            "TenantService.UpdateTenant", "TenantService.DeleteTenant", "AuthService.WhoAmI"} <= names
+    assert {rpc_id(r) for r in ID_RPCS} >= {"UserService.GetUser", "UserService.UpdateUser",
+                                            "UserService.DeleteUser", "TenantService.GetTenant"}
