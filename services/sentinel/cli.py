@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 SERVICES = ("tenant", "user", "audit", "scheduler")
 
@@ -43,6 +44,15 @@ def _admin_bootstrap(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_keygen(ns: argparse.Namespace) -> int:
+    from sentinel.platform.keys import generate_signing_key
+
+    kid = generate_signing_key(ns.directory, kid=ns.kid or None)
+    print(f"signing key {kid}: {ns.directory}/{kid}.key.pem (give only to the user service), "
+          f"public key {ns.directory}/public/{kid}.pub.pem (give to every service)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sentinel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = admin.add_parser("bootstrap", help="ensure the platform administrator exists")
     p.add_argument("--email", default="", help="default SENTINEL_BOOTSTRAP_ADMIN_EMAIL")
     p.set_defaults(func=_admin_bootstrap)
+
+    p = admin.add_parser("keygen", help="create an Ed25519 token-signing key pair (for rotation)")
+    p.add_argument("directory", type=Path, help="key directory; public keys go to DIRECTORY/public")
+    p.add_argument("--kid", default="", help="key id (default: key-<date>-<random>)")
+    p.set_defaults(func=_admin_keygen)
 
     from sentinel.devstack import up
 
