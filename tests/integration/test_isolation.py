@@ -51,7 +51,7 @@ def fill(message: Message, world: World, rpc: contracts.Rpc, page_token: str) ->
     """Populate a request with A's identifiers and otherwise valid values."""
     for field in message.DESCRIPTOR.fields:
         name = field.name
-        if field.label == FieldDescriptor.LABEL_REPEATED:
+        if field.is_repeated:
             continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             if field.message_type.full_name.startswith("sentinel."):
@@ -189,7 +189,7 @@ def _set_ids(message: Message, value: str) -> None:
         if field.name == "id":
             message.id = value
         elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.full_name.startswith("sentinel.") \
-                and field.label != FieldDescriptor.LABEL_REPEATED:
+                and not field.is_repeated:
             _set_ids(getattr(message, field.name), value)
 
 
