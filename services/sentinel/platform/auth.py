@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,13 @@ def load_public_keys(directory: Path) -> dict[str, Ed25519PublicKey]:
 
 
 class TokenVerifier:
-    """Verifies access tokens: signature by a known ``kid``, issuer, audience, expiry."""
+    """Verifies access tokens: signature by a known ``kid``, issuer, audience, expiry.
+
+    Verified tokens are cached until they expire (bounded LRU): a client sends the same token
+    on every call, and an Ed25519 verification costs more than the rest of a cached read.
+    """
+
+    CACHE_SIZE = 4096
 
     def __init__(self, keys: dict[str, Ed25519PublicKey], *, issuer: str, audience: str,
                  leeway_seconds: int = 5) -> None:
@@ -112,12 +119,25 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
+        self._cache: OrderedDict[tuple[str, str], tuple[Principal, float]] = OrderedDict()
 
     @property
     def keys(self) -> dict[str, Ed25519PublicKey]:
         return dict(self._keys)
 
     def verify(self, token: str, *, use: str = "access") -> Principal:
+        key = (token, use)
+        hit = self._cache.get(key)
+        if hit is not None and hit[1] > time.time():
+            self._cache.move_to_end(key)
+            return hit[0]
+        principal, expires = self._verify(token, use)
+        self._cache[key] = (principal, expires)
+        if len(self._cache) > self.CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return principal
+
+    def _verify(self, token: str, use: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -142,8 +162,9 @@ class TokenVerifier:
             tenant_id = uuid.UUID(str(claims["tid"]))
         except ValueError:
             raise Unauthenticated("the bearer token is invalid", reason="TOKEN_INVALID") from None
-        return Principal(subject=str(claims["sub"]), tenant_id=tenant_id, role=str(claims["role"]),
-                         session_id=str(claims.get("sid", "")), token_id=str(claims["jti"]))
+        principal = Principal(subject=str(claims["sub"]), tenant_id=tenant_id, role=str(claims["role"]),
+                              session_id=str(claims.get("sid", "")), token_id=str(claims["jti"]))
+        return principal, float(claims["exp"])
 
 
 class TokenSigner:

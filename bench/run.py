@@ -1,0 +1,148 @@
+"""Benchmark: GetUser and ListUsers over direct gRPC and REST through Envoy, against a raw
+asyncpg loop doing the same tenant-scoped transaction, all in one run on one machine.
+
+    make bench                      # starts its own stack in a temporary directory
+    .venv/bin/python bench/run.py --seconds 10 --clients 4 --streams 8
+
+Prints throughput, p50/p99 latency, CPU per request of the serving processes, and the ratios
+the targets are stated in. Not a test: numbers depend on the machine; compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import Result, asyncpg_loop, grpc_frame, h2load
+from sentinel.common.v1 import common_pb2
+from sentinel.tenant.v1 import tenant_service_pb2 as tsp
+from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
+from sentinel.user.v1 import user_service_pb2 as usp
+from sentinel.user.v1 import user_service_pb2_grpc as usg
+
+PASSWORD = "benchmark password 1"
+
+
+async def seed(user_target: str, tenant_target: str, admin_email: str, admin_password: str,
+               users: int) -> dict[str, str]:
+    async with grpc.aio.insecure_channel(user_target) as uch, grpc.aio.insecure_channel(tenant_target) as tch:
+        auth, people = usg.AuthServiceStub(uch), usg.UserServiceStub(uch)
+        admin = await auth.Login(usp.LoginRequest(tenant="platform", email=admin_email, password=admin_password))
+        md = (("authorization", f"Bearer {admin.access_token}"),)
+        import uuid
+
+        slug = f"bench-{uuid.uuid4().hex[:6]}"
+        tenant = (await tsg.TenantServiceStub(tch).CreateTenant(
+            tsp.CreateTenantRequest(slug=slug, display_name="Benchmark"), metadata=md)).tenant
+        await people.CreateUser(usp.CreateUserRequest(tenant_id=tenant.id, email=f"owner@{slug}.example.com",
+                                                      password=PASSWORD, role=common_pb2.ROLE_OWNER), metadata=md)
+        owner = await auth.Login(usp.LoginRequest(tenant=slug, email=f"owner@{slug}.example.com", password=PASSWORD))
+        omd = (("authorization", f"Bearer {owner.access_token}"),)
+        last = ""
+        for i in range(users):
+            last = (await people.CreateUser(usp.CreateUserRequest(email=f"u{i}@{slug}.example.com",
+                                                                  password=PASSWORD), metadata=omd)).user.id
+        # Sanity: the exact requests the load generators send succeed.
+        await people.GetUser(usp.GetUserRequest(id=last), metadata=omd)
+        return {"tenant_id": tenant.id, "user_id": last, "token": owner.access_token}
+
+
+def scrape_errors(metrics_url: str, method: str) -> float:
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("sentinel_errors_total{") and f'method="{method}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def table(results: list[Result], processes: list[str]) -> str:
+    head = f"{'workload':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} " + " ".join(
+        f"{'cpu-us/req ' + p:>20}" for p in processes)
+    rows = [head, "-" * len(head)]
+    for r in results:
+        rows.append(f"{r.name:34} {r.rps:9.0f} {r.percentile(0.5):8.2f} {r.percentile(0.99):8.2f} {r.errors:7d} "
+                    + " ".join(f"{r.cpu_us_per_request(p):20.0f}" for p in processes))
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=4, help="h2load connections")
+    parser.add_argument("--streams", type=int, default=8, help="concurrent streams per connection")
+    parser.add_argument("--users", type=int, default=60)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    ns = parser.parse_args(argv)
+    concurrency = ns.clients * ns.streams
+
+    from sentinel.devstack.bench import bench_stack
+
+    with tempfile.TemporaryDirectory(prefix="sentinel-bench-") as tmp, bench_stack(Path(tmp)) as stack:
+        ids = asyncio.run(seed(stack.service_target("user"), stack.service_target("tenant"),
+                               stack.admin_email, stack.admin_password, ns.users))
+        auth = {"authorization": f"Bearer {ids['token']}"}
+        grpc_headers = {**auth, "content-type": "application/grpc", "te": "trailers"}
+        pids = {"user-svc": stack.pid("user"), "envoy": stack.pid("envoy")}
+        get_body = grpc_frame(usp.GetUserRequest(id=ids["user_id"]).SerializeToString())
+        list_body = grpc_frame(usp.ListUsersRequest(page_size=50).SerializeToString())
+        user_url = f"http://{stack.service_target('user')}"
+        run = {"seconds": ns.seconds, "clients": ns.clients, "streams": ns.streams, "pids": pids}
+        metrics = stack.metrics_url("user")
+        errors_before = {m: scrape_errors(metrics, m) for m in ("GetUser", "ListUsers")}
+
+        results = [
+            asyncio.run(asyncpg_loop("GetUser   raw asyncpg (same tx)", stack.app_dsn, ids["tenant_id"],
+                                     "SELECT * FROM users WHERE id = $1", (ids["user_id"],),
+                                     seconds=ns.seconds, concurrency=concurrency, pool_size=10)),
+            h2load("GetUser   gRPC direct", f"{user_url}/sentinel.user.v1.UserService/GetUser",
+                   headers=grpc_headers, body=get_body, **run),
+            h2load("GetUser   gRPC via Envoy", f"{stack.rest_url}/sentinel.user.v1.UserService/GetUser",
+                   headers=grpc_headers, body=get_body, **run),
+            h2load("GetUser   REST via Envoy", f"{stack.rest_url}/api/v1/users/{ids['user_id']}",
+                   headers=auth, body=None, **run),
+            asyncio.run(asyncpg_loop("ListUsers raw asyncpg (same tx)", stack.app_dsn, ids["tenant_id"],
+                                     "SELECT * FROM users ORDER BY create_time, id LIMIT 51", (),
+                                     seconds=ns.seconds, concurrency=concurrency, pool_size=10)),
+            h2load("ListUsers gRPC direct", f"{user_url}/sentinel.user.v1.UserService/ListUsers",
+                   headers=grpc_headers, body=list_body, **run),
+            h2load("ListUsers REST via Envoy", f"{stack.rest_url}/api/v1/users?page_size=50",
+                   headers=auth, body=None, **run),
+        ]
+        # h2load sees HTTP 200 for gRPC errors too: count failures from the service's own metrics.
+        grpc_errors = {m: scrape_errors(metrics, m) - errors_before[m] for m in ("GetUser", "ListUsers")}
+
+    print(f"\nSentinel benchmark — Python {platform.python_version()}, grpcio {grpc.__version__}, "
+          f"concurrency {concurrency} ({ns.clients} conns x {ns.streams} streams), {ns.seconds:.0f} s each")
+    print(table(results, ["user-svc", "envoy", "bench-client"]))
+    print(f"\nservice-side errors during the runs: {grpc_errors}")
+    ratios = {}
+    for op in ("GetUser", "ListUsers"):
+        raw = next(r for r in results if r.name.startswith(op) and "raw" in r.name)
+        direct = next(r for r in results if r.name.startswith(op) and "gRPC direct" in r.name)
+        rest = next(r for r in results if r.name.startswith(op) and "REST" in r.name)
+        ratios[f"{op} gRPC direct / raw asyncpg"] = direct.rps / raw.rps
+        ratios[f"{op} REST via Envoy / gRPC direct"] = rest.rps / direct.rps
+    for name, value in ratios.items():
+        print(f"  {name:40} {value:6.2f}")
+    print("targets: GetUser gRPC direct >= 0.50 of raw asyncpg; REST via Envoy >= 0.80 of gRPC direct")
+    if ns.json:
+        ns.json.write_text(json.dumps({
+            "results": [{"name": r.name, "rps": r.rps, "p50_ms": r.percentile(0.5), "p99_ms": r.percentile(0.99),
+                         "errors": r.errors, "cpu_seconds": r.cpu_seconds} for r in results],
+            "ratios": ratios, "service_errors": grpc_errors}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
