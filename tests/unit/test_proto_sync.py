@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from sentinel import protogen
 
 HINT = "generated code is stale: run `make proto` and commit the result"
