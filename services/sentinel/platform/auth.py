@@ -128,7 +128,10 @@ class TokenVerifier:
     def verify(self, token: str, *, use: str = "access") -> Principal:
         key = (token, use)
         hit = self._cache.get(key)
-        if hit is not None and hit[1] > time.time():
+        if hit is not None:
+            if hit[1] + self._leeway < time.time():
+                del self._cache[key]
+                raise Unauthenticated("the bearer token has expired; log in or refresh", reason="TOKEN_EXPIRED")
             self._cache.move_to_end(key)
             return hit[0]
         principal, expires = self._verify(token, use)
