@@ -1,15 +1,23 @@
-"""Fixtures for integration tests: two populated tenants on the running stack."""
+"""Fixtures for integration tests: the real stack on free ports, and two populated tenants.
+
+One stack (Postgres, Redis, four services, Envoy) serves the whole session. Passwords are hashed
+with cheap argon2 parameters here so that logging in dozens of test users stays fast; the
+parameters come from configuration, so the code path is the production one.
+"""
 
 from __future__ import annotations
 
+import secrets
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import pytest
 from sentinel.common.v1 import common_pb2
+from sentinel.devstack.stack import Stack, temporary_stack
 from sentinel.tenant.v1 import tenant_service_pb2 as tsp
 from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
 from sentinel.user.v1 import user_service_pb2 as usp
@@ -18,6 +26,25 @@ from sentinel.user.v1 import user_service_pb2_grpc as usg
 from tests.integration.clients import Principal
 
 PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    env = {
+        "SENTINEL_BOOTSTRAP_ADMIN_EMAIL": "root@platform.example.com",
+        "SENTINEL_BOOTSTRAP_ADMIN_PASSWORD": secrets.token_urlsafe(18),
+        "SENTINEL_ARGON2_TIME_COST": "1",
+        "SENTINEL_ARGON2_MEMORY_COST_KIB": "1024",
+        "SENTINEL_ARGON2_PARALLELISM": "1",
+    }
+    with temporary_stack(env=env, echo=sys.stderr) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def pg_stack(stack: Stack) -> Stack:
+    """The same stack, for tests that talk to Postgres directly (owner_url, app_url)."""
+    return stack
 
 
 @dataclass

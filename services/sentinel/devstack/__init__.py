@@ -1,0 +1,1 @@
+"""The one-command dev stack (``sentinel up``) and the temporary stacks tests and benchmarks use."""

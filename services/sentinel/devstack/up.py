@@ -1,0 +1,74 @@
+"""``sentinel up``: start the whole stack on embedded defaults and supervise it until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from sentinel.devstack.stack import SERVICES, Ports, Stack, StackError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SENTINEL_DATA_DIR", ".sentinel")),
+                   help="data, secrets and logs; kept across restarts (default ./.sentinel or $SENTINEL_DATA_DIR)")
+    p.add_argument("--port", type=int, default=8000, help="Envoy REST + gRPC port (default 8000)")
+    p.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (default 9901)")
+    p.add_argument("--postgres-port", type=int, default=5432, help="embedded PostgreSQL port (default 5432)")
+    p.add_argument("--redis-port", type=int, default=6379, help="embedded Redis port (default 6379)")
+
+
+def endpoints(stack: Stack) -> str:
+    lines = [
+        "Sentinel is up.",
+        f"  REST + gRPC (Envoy)  {stack.rest_url}   e.g. curl {stack.rest_url}/api/v1/health",
+        f"  Envoy admin          http://{stack.host}:{stack.ports.envoy_admin}/",
+    ]
+    lines += [f"  {n + ' service':<20} {stack.service_target(n)}   metrics {stack.metrics_url(n)}" for n in SERVICES]
+    lines += [
+        f"  PostgreSQL           {stack.host}:{stack.ports.postgres} (database sentinel; "
+        f"passwords in {stack.secrets_dir})",
+        f"  Redis                {stack.host}:{stack.ports.redis}",
+        f"  Logs                 {stack.logs_dir}/",
+        "",
+        stack.bootstrap_message,
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
+
+
+def run(ns: argparse.Namespace) -> int:
+    ports = Ports(postgres=ns.postgres_port, redis=ns.redis_port, envoy=ns.port, envoy_admin=ns.admin_port)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    # Children run in their own sessions, so Ctrl-C reaches only us; we stop them in order.
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack = Stack(ns.data_dir, ports=ports, echo=sys.stdout)
+        print(f"starting Sentinel in {stack.data_dir}", flush=True)
+        stack.start()
+    except StackError as e:
+        print(f"sentinel up: {e}", file=sys.stderr)
+        return 1
+    print(endpoints(stack), flush=True)
+    code = 0
+    while not stop.wait(0.5):
+        gone = stack.exited()
+        if gone is not None:
+            print(f"sentinel up: {gone.name} exited with {gone.popen.returncode}; see {gone.log_path}. "
+                  "Stopping the stack.", file=sys.stderr)
+            code = 1
+            break
+    print("stopping...", flush=True)
+    stack.stop()
+    print("stopped", flush=True)
+    return code
