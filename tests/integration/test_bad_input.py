@@ -84,8 +84,9 @@ def test_sql_metacharacters_are_just_text(http: httpx.Client, admin: dict[str, s
     name = "Robert'); DROP TABLE users;-- \\ % _ $$"
     r = http.post("/api/v1/tenants", json={"slug": f"bobby-{uuid.uuid4().hex[:6]}", "display_name": name},
                   headers=admin)
-    assert r.status_code == 200 and r.json()["display_name"] == name
-    assert http.get(f"/api/v1/tenants/{r.json()['id']}", headers=admin).json()["display_name"] == name
+    assert r.status_code == 200 and r.json()["tenant"]["display_name"] == name
+    tid = r.json()["tenant"]["id"]
+    assert http.get(f"/api/v1/tenants/{tid}", headers=admin).json()["tenant"]["display_name"] == name
     assert http.get("/api/v1/users", headers=admin).status_code == 200  # the table is still there
 
 

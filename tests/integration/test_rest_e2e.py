@@ -67,7 +67,7 @@ def test_tenant_and_user_lifecycle(http: httpx.Client, admin_headers: dict[str, 
     slug = f"acme-{uuid.uuid4().hex[:6]}"
     r = http.post("/api/v1/tenants", json={"slug": slug, "display_name": "Acme Inc"}, headers=admin_headers)
     assert r.status_code == 200, r.text
-    tenant = r.json()
+    tenant = r.json()["tenant"]  # responses wrap the resource: {"tenant": {...}}
     assert tenant["slug"] == slug and tenant["state"] == "TENANT_STATE_ACTIVE" and "create_time" in tenant
     tid = tenant["id"]
 
@@ -75,34 +75,34 @@ def test_tenant_and_user_lifecycle(http: httpx.Client, admin_headers: dict[str, 
                      headers=admin_headers).status_code == 409
     listed = http.get("/api/v1/tenants", params={"page_size": 1000}, headers=admin_headers).json()
     assert tid in {t["id"] for t in listed["tenants"]} and "next_page_token" in listed
-    assert http.get(f"/api/v1/tenants/{tid}", headers=admin_headers).json()["display_name"] == "Acme Inc"
+    assert http.get(f"/api/v1/tenants/{tid}", headers=admin_headers).json()["tenant"]["display_name"] == "Acme Inc"
 
     patched = http.patch(f"/api/v1/tenants/{tid}", json={"display_name": "Acme Corp", "etag": tenant["etag"]},
                          headers=admin_headers)
-    assert patched.status_code == 200 and patched.json()["display_name"] == "Acme Corp"
+    assert patched.status_code == 200 and patched.json()["tenant"]["display_name"] == "Acme Corp"
     stale = http.patch(f"/api/v1/tenants/{tid}", json={"display_name": "Stale", "etag": tenant["etag"]},
                        headers=admin_headers)
     assert stale.status_code == 409 and stale.json()["code"] == 10  # ABORTED
     put = http.put(f"/api/v1/tenants/{tid}", json={"display_name": "Acme Put"}, headers=admin_headers)
-    assert put.status_code == 200 and put.json()["display_name"] == "Acme Put"
+    assert put.status_code == 200 and put.json()["tenant"]["display_name"] == "Acme Put"
 
     owner = http.post("/api/v1/users", json={"tenant_id": tid, "email": f"owner@{slug}.example.com",
                                              "password": OWNER_PASSWORD, "role": "ROLE_OWNER"},
                       headers=admin_headers)
     assert owner.status_code == 200, owner.text
-    assert owner.json()["tenant_id"] == tid and "password" not in owner.text
+    assert owner.json()["user"]["tenant_id"] == tid and "password" not in owner.text
 
     login = http.post("/api/v1/auth/login", json={"tenant": slug, "email": f"owner@{slug}.example.com",
                                                   "password": OWNER_PASSWORD})
     owner_headers = {"authorization": f"Bearer {login.json()['access_token']}"}
     member = http.post("/api/v1/users", json={"email": f"m@{slug}.example.com", "password": OWNER_PASSWORD,
                                               "display_name": "Member"}, headers=owner_headers)
-    assert member.status_code == 200 and member.json()["role"] == "ROLE_MEMBER"
-    mid = member.json()["id"]
+    assert member.status_code == 200 and member.json()["user"]["role"] == "ROLE_MEMBER"
+    mid = member.json()["user"]["id"]
     users = http.get("/api/v1/users", headers=owner_headers).json()["users"]
-    assert {u["id"] for u in users} == {owner.json()["id"], mid}
+    assert {u["id"] for u in users} == {owner.json()["user"]["id"], mid}
     assert http.patch(f"/api/v1/users/{mid}", json={"display_name": "Renamed"},
-                      headers=owner_headers).json()["display_name"] == "Renamed"
+                      headers=owner_headers).json()["user"]["display_name"] == "Renamed"
     # Owners manage users but not tenants.
     assert http.post("/api/v1/tenants", json={"slug": f"x-{slug}", "display_name": "x"},
                      headers=owner_headers).status_code == 403
@@ -117,12 +117,12 @@ def test_tenant_and_user_lifecycle(http: httpx.Client, admin_headers: dict[str, 
 def test_pagination_walks_every_row_once(http: httpx.Client, admin_headers: dict[str, str]) -> None:
     slug = f"pages-{uuid.uuid4().hex[:6]}"
     tid = http.post("/api/v1/tenants", json={"slug": slug, "display_name": "Pages"},
-                    headers=admin_headers).json()["id"]
+                    headers=admin_headers).json()["tenant"]["id"]
     created = set()
     for i in range(7):
         r = http.post("/api/v1/users", json={"tenant_id": tid, "email": f"u{i}@{slug}.example.com",
                                              "password": OWNER_PASSWORD}, headers=admin_headers)
-        created.add(r.json()["id"])
+        created.add(r.json()["user"]["id"])
     seen: list[str] = []
     token = ""
     for _ in range(10):
