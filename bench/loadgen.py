@@ -61,8 +61,9 @@ def h2load(name: str, url: str, *, headers: dict[str, str], body: bytes | None, 
     if exe is None:
         raise RuntimeError("h2load not found: apt-get install nghttp2-client")
     with tempfile.TemporaryDirectory() as tmp:
-        args = [exe, "-c", str(clients), "-m", str(streams), "-t", "1", "-D", str(seconds),
-                "--warm-up-time", str(warmup), "--log-file", f"{tmp}/log"]
+        # h2load takes durations as integers (seconds) or with a unit: "2.0" is refused.
+        args = [exe, "-c", str(clients), "-m", str(streams), "-t", "1", "-D", f"{int(seconds * 1000)}ms",
+                "--warm-up-time", f"{int(warmup * 1000)}ms", "--log-file", f"{tmp}/log"]
         for key, value in headers.items():
             args += ["-H", f"{key}: {value}"]
         if body is not None:

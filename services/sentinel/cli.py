@@ -53,6 +53,22 @@ def _admin_keygen(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway_render(ns: argparse.Namespace) -> int:
+    from sentinel.gateway import envoy
+
+    cfg = envoy.dev_config()
+    if ns.descriptor_set:
+        cfg = envoy.GatewayConfig(upstreams=cfg.upstreams, descriptor_set_path=ns.descriptor_set)
+    if ns.write_descriptor_set:
+        envoy.write_descriptor_set(cfg.descriptor_set_path)
+    text = envoy.render_yaml(cfg)
+    if ns.output:
+        ns.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sentinel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", type=Path, help="key directory; public keys go to DIRECTORY/public")
     p.add_argument("--kid", default="", help="key id (default: key-<date>-<random>)")
     p.set_defaults(func=_admin_keygen)
+
+    gateway = sub.add_parser("gateway", help="Envoy gateway tools").add_subparsers(dest="gateway", required=True)
+    p = gateway.add_parser("render", help="print the dev Envoy config generated from the contracts")
+    p.add_argument("-o", "--output", type=Path, default=None, help="write here instead of stdout "
+                   "(the committed copy is gateway/envoy.dev.yaml)")
+    p.add_argument("--descriptor-set", type=Path, default=None,
+                   help="descriptor set path referenced by the config (default .sentinel/gateway/sentinel.pb)")
+    p.add_argument("--write-descriptor-set", action="store_true",
+                   help="also (re)write the descriptor set file the transcoder loads")
+    p.set_defaults(func=_gateway_render)
 
     from sentinel.devstack import up
 

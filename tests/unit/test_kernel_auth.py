@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import time
 import uuid
@@ -274,7 +275,7 @@ def test_principal_permissions() -> None:
 def test_roles_are_ordered_and_cumulative() -> None:
     ordered = sorted(auth.RANK, key=auth.RANK.__getitem__)
     assert ordered == ["viewer", "member", "admin", "owner", "platform_admin"]
-    for lower, higher in zip(ordered, ordered[1:], strict=False):
+    for lower, higher in itertools.pairwise(ordered):
         assert auth.PERMISSIONS[lower] <= auth.PERMISSIONS[higher], (lower, higher)
     assert set(auth.ROLE_NAMES.values()) == set(auth.RANK)
 

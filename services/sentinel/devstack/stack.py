@@ -392,7 +392,7 @@ class Stack:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def _start_envoy(self, timeout: float) -> None:
-        from sentinel.gateway.envoy import GatewayConfig, render_yaml, write_descriptor_set
+        from sentinel.gateway.envoy import GatewayConfig, envoy_args, render_yaml, write_descriptor_set
 
         gw = self.data_dir / "gateway"
         descriptor = write_descriptor_set(gw / "sentinel.pb")
@@ -403,9 +403,7 @@ class Stack:
                             access_log_path=str(self.logs_dir / "envoy-access.log"))
         conf = gw / "envoy.yaml"
         conf.write_text(render_yaml(cfg))
-        # A random base id keeps several stacks (dev + tests) from sharing hot-restart memory.
-        proc = self._spawn("envoy", [str(self.bins.envoy), "-c", str(conf), "--log-level", "warn",
-                                     "--base-id", str(secrets.randbelow(1 << 20) + 1)])
+        proc = self._spawn("envoy", [str(self.bins.envoy), *envoy_args(conf, log_level="warn")])
         self._wait(lambda: self._http_ok(f"http://{self.host}:{self.ports.envoy_admin}/ready"), proc, timeout,
                    "Envoy")
         self._wait(lambda: self._http_ok(f"{self.rest_url}/api/v1/health"), proc, timeout,

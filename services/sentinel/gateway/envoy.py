@@ -1,0 +1,651 @@
+"""Render Envoy's bootstrap (API v3) from the proto contracts.
+
+One listener serves REST/JSON (``grpc_json_transcoder``) and native gRPC. The transcoder runs
+*before* routing and ``jwt_authn`` and rewrites a REST request to its gRPC form
+(``POST /<package>.<Service>/<Method>``, ``content-type: application/grpc``) and clears the
+route cache, so a single set of routes and a single set of JWT rules, both keyed on gRPC
+paths, cover both protocols. Everything here is derived from
+:func:`sentinel.platform.contracts.rpcs`: adding an RPC needs no edit in this module.
+
+The output is plain data (dicts/lists/str/int/bool) so callers can dump it as YAML or JSON,
+and the NixOS module can run the same generator at build time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2
+
+from sentinel.platform import contracts
+
+#: Backends, in a stable order (cluster order in the rendered file).
+BACKENDS: tuple[str, ...] = ("tenant", "user", "audit", "scheduler")
+
+#: Proto packages whose second component is not itself a backend. ``sentinel.common.v1``
+#: defines the public ``HealthService``; every service process serves it, and the tenant
+#: process is the one that reports the platform (peers + database), so the edge sends it there.
+PACKAGE_BACKEND_OVERRIDES: Mapping[str, str] = {"common": "tenant"}
+
+#: Where ``gateway/envoy.dev.yaml`` expects the descriptor set, relative to Envoy's working
+#: directory (the repository root in dev; ``sentinel gateway render`` writes it there).
+DEV_DESCRIPTOR_SET_PATH = Path(".sentinel/gateway/sentinel.pb")
+
+DEV_UPSTREAMS: Mapping[str, str] = {
+    "tenant": "127.0.0.1:50051",
+    "user": "127.0.0.1:50052",
+    "audit": "127.0.0.1:50053",
+    "scheduler": "127.0.0.1:50054",
+}
+
+JWT_PROVIDER = "sentinel"
+JWKS_CLUSTER = "jwks"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+#: Upstream timeouts. Unary calls get ``ROUTE_TIMEOUT`` (a client's smaller ``grpc-timeout``
+#: wins); server-streaming calls have no total timeout and rely on the stream idle timeout.
+ROUTE_TIMEOUT = "15s"
+READ_PER_TRY_TIMEOUT = "5s"
+STREAM_IDLE_TIMEOUT = "300s"
+
+#: HTTP status of an Envoy-generated reply → the gRPC code put in its JSON body, so REST
+#: clients see the same ``{"code": …}`` shape as errors coming from the services
+#: (``convert_grpc_status``). 413 uses RESOURCE_EXHAUSTED: that is what gRPC itself returns
+#: for an oversized message, so both protocols agree.
+LOCAL_REPLY_GRPC_CODES: Mapping[int, int] = {
+    400: 3,  # INVALID_ARGUMENT (e.g. unknown query parameter, bad JSON)
+    401: 16,  # UNAUTHENTICATED (jwt_authn)
+    403: 7,  # PERMISSION_DENIED
+    404: 5,  # NOT_FOUND (no such REST path / route)
+    408: 4,  # DEADLINE_EXCEEDED (request_timeout)
+    413: 8,  # RESOURCE_EXHAUSTED (body larger than max_request_bytes)
+    429: 8,  # RESOURCE_EXHAUSTED (rate limits)
+    431: 8,  # RESOURCE_EXHAUSTED (headers too large)
+    500: 13,  # INTERNAL
+    502: 14,  # UNAVAILABLE
+    503: 14,  # UNAVAILABLE (no healthy upstream, overload)
+    504: 4,  # DEADLINE_EXCEEDED (upstream timeout)
+}
+UNKNOWN_GRPC_CODE = 2
+
+SECURITY_HEADERS: Mapping[str, str] = {
+    # Browsers ignore HSTS over plain HTTP (RFC 6797 §8.1), so it is harmless in dev and
+    # right as soon as TLS terminates in front of (or at) this listener.
+    "strict-transport-security": "max-age=31536000; includeSubDomains",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+    "cache-control": "no-store",
+}
+
+CORS_ALLOW_HEADERS = (
+    "authorization", "content-type", "idempotency-key", "x-request-id", "x-api-key",
+    "grpc-timeout", "x-grpc-web", "x-user-agent",
+)
+CORS_EXPOSE_HEADERS = ("x-request-id", "grpc-status", "grpc-message", "grpc-status-details-bin")
+
+_ANY = "type.googleapis.com/"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    upstreams: Mapping[str, str]  # backend name ("tenant", "user", "audit", "scheduler") -> "host:port"
+    descriptor_set_path: Path  # where write_descriptor_set() put the .pb
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8000
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9901
+    jwt_issuer: str = "sentinel"
+    jwt_audience: str = "sentinel-api"
+    # "" => fetch from this Envoy's own listener: http://<listen_host>:<listen_port>/.well-known/jwks.json
+    jwks_uri: str = ""
+    cors_allowed_origins: tuple[str, ...] = ()
+    max_request_bytes: int = 1 << 20
+    access_log_path: str = "/dev/stdout"
+    # Limits that rarely need changing; not part of the devstack contract.
+    max_connections: int = 10_000
+
+
+def dev_config() -> GatewayConfig:
+    """The configuration ``gateway/envoy.dev.yaml`` is rendered from (dev ports, §2)."""
+    return GatewayConfig(upstreams=dict(DEV_UPSTREAMS), descriptor_set_path=DEV_DESCRIPTOR_SET_PATH)
+
+
+def transcoder_descriptor_set() -> descriptor_pb2.FileDescriptorSet:
+    """The contracts' FileDescriptorSet, adjusted to what Envoy's transcoder accepts.
+
+    Envoy (up to at least 1.40) refuses to load a binding whose ``response_body`` names a
+    field that is not ``google.api.HttpBody`` ("not supported yet", envoyproxy/envoy#11136),
+    so such ``response_body`` settings are dropped here: REST then returns the whole response
+    message (e.g. ``{"tenant": {...}}``). When no binding uses it this is a no-op.
+    """
+    fds = contracts.file_descriptor_set()
+    for file in fds.file:
+        for service in file.service:
+            for method in service.method:
+                opts = method.options
+                if not opts.HasExtension(annotations_pb2.http):
+                    continue
+                rule = opts.Extensions[annotations_pb2.http]
+                for r in [rule, *rule.additional_bindings]:
+                    if r.response_body:
+                        r.response_body = ""
+    return fds
+
+
+def response_body_bindings() -> list[str]:
+    """RPCs whose REST binding sets ``response_body`` (Envoy cannot honour it, see above)."""
+    return [rpc.full_method for rpc in contracts.rpcs() if any(h.response_body for h in rpc.http)]
+
+
+def write_descriptor_set(path: Path) -> Path:
+    """Serialize the contracts' FileDescriptorSet (Sentinel + imports + google.rpc) for the transcoder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = transcoder_descriptor_set().SerializeToString(deterministic=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)  # atomic: a running Envoy never reads half a file
+    return path
+
+
+# --------------------------------------------------------------------------- contract data
+
+
+def backend_for(service_full_name: str) -> str:
+    """``sentinel.user.v1.AuthService`` → ``user``: the package's second component."""
+    parts = service_full_name.split(".")
+    if len(parts) < 3 or parts[0] != "sentinel":
+        raise ValueError(f"{service_full_name}: not a sentinel.<backend>.vN service")
+    backend = PACKAGE_BACKEND_OVERRIDES.get(parts[1], parts[1])
+    if backend not in BACKENDS:
+        raise ValueError(f"{service_full_name}: no backend named {backend!r}")
+    return backend
+
+
+def service_names() -> list[str]:
+    """Every Sentinel gRPC service, in contract order (the transcoder's ``services``)."""
+    out: list[str] = []
+    for rpc in contracts.rpcs():
+        if rpc.service.full_name not in out:
+            out.append(rpc.service.full_name)
+    return out
+
+
+def _retryable(rpc: contracts.Rpc) -> bool:
+    # Only reads are retried: a retried write could apply twice (idempotency keys are
+    # optional for clients), and a stream may already have delivered messages.
+    return not rpc.mutating and not rpc.streaming
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _any(type_name: str, **body: Any) -> dict[str, Any]:
+    return {"@type": _ANY + type_name, **body}
+
+
+def _split_host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{value!r}: expected host:port")
+    return host.strip("[]"), int(port)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _socket_address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _cluster_base(name: str, host: str, port: int) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
+        # An IP needs no resolver; a name (NixOS, containers) is re-resolved continuously.
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}],
+        },
+    }
+    if not _is_ip(host):
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    return cluster
+
+
+def _header(key: str, value: str) -> dict[str, Any]:
+    return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+
+
+def _security_headers() -> list[dict[str, Any]]:
+    return [_header(k, v) for k, v in SECURITY_HEADERS.items()]
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def _backend_cluster(name: str, address: str) -> dict[str, Any]:
+    host, port = _split_host_port(address)
+    cluster = _cluster_base(name, host, port)
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            explicit_http_config={"http2_protocol_options": {
+                "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+            }},
+            common_http_protocol_options={"idle_timeout": "300s"},
+        ),
+    }
+    cluster["health_checks"] = [{
+        "timeout": "1s",
+        "interval": "5s",
+        "interval_jitter": "1s",
+        "unhealthy_threshold": 2,
+        "healthy_threshold": 1,
+        # "" is the whole process (every service sets it SERVING once it accepts calls).
+        "grpc_health_check": {"service_name": ""},
+    }]
+    return cluster
+
+
+def jwks_uri(cfg: GatewayConfig) -> str:
+    if cfg.jwks_uri:
+        return cfg.jwks_uri
+    host = cfg.listen_host
+    if host in ("0.0.0.0", "::", ""):  # a wildcard listener is reachable on loopback
+        host = "127.0.0.1" if host != "::" else "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{cfg.listen_port}/.well-known/jwks.json"
+
+
+def _jwks_cluster(uri: str) -> dict[str, Any]:
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"jwks_uri {uri!r}: expected http(s)://host[:port]/path")
+    tls = parts.scheme == "https"
+    cluster = _cluster_base(JWKS_CLUSTER, parts.hostname, parts.port or (443 if tls else 80))
+    if tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": _any("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                                 sni=parts.hostname),
+        }
+    return cluster
+
+
+def _route_action(cluster: str, *, streaming: bool = False, retry: bool = False) -> dict[str, Any]:
+    action: dict[str, Any] = {"cluster": cluster}
+    if streaming:
+        # A server stream (audit export) may legitimately outlive any fixed timeout.
+        action["timeout"] = "0s"
+        action["idle_timeout"] = STREAM_IDLE_TIMEOUT
+    else:
+        action["timeout"] = ROUTE_TIMEOUT
+        # Honour a shorter client deadline (grpc-timeout) but never exceed the route's.
+        action["max_stream_duration"] = {"grpc_timeout_header_max": ROUTE_TIMEOUT}
+    if retry:
+        action["retry_policy"] = {
+            "retry_on": "connect-failure,refused-stream,unavailable,cancelled,reset",
+            "num_retries": 2,
+            "per_try_timeout": READ_PER_TRY_TIMEOUT,
+            "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
+        }
+    return action
+
+
+def _routes() -> list[dict[str, Any]]:
+    rpcs = contracts.rpcs()
+    routes: list[dict[str, Any]] = []
+    # Per-method routes first (exact paths): reads get retries, streams lose the total timeout.
+    for rpc in rpcs:
+        if not (rpc.streaming or _retryable(rpc)):
+            continue
+        backend = backend_for(rpc.service.full_name)
+        routes.append({
+            "name": rpc.full_method.strip("/").replace("/", "."),
+            "match": {"path": rpc.full_method},
+            "route": _route_action(backend, streaming=rpc.streaming, retry=_retryable(rpc)),
+        })
+    # Then one prefix per service: writes, no retries.
+    for svc in service_names():
+        backend = backend_for(svc)
+        routes.append({"name": svc, "match": {"prefix": f"/{svc}/"}, "route": _route_action(backend)})
+    # Native gRPC health through the edge (load balancers, grpc_health_probe).
+    routes.append({"name": "grpc.health", "match": {"prefix": HEALTH_PREFIX},
+                   "route": _route_action(backend_for("sentinel.common.v1.HealthService"))})
+    # Native gRPC to an unknown service: Envoy answers 404, which gRPC clients see as UNIMPLEMENTED.
+    routes.append({"name": "unknown_grpc", "match": {"prefix": "/", "grpc": {}},
+                   "direct_response": {"status": 404, "body": {"inline_string": "no such service"}}})
+    # REST as the CORS filter sees it, before transcoding. The CORS filter needs a route with a
+    # cluster here (it ignores direct responses), but nothing is forwarded on it: the transcoder
+    # rewrites every known REST path to its gRPC route (and clears the route cache), and answers
+    # any other REST path with a JSON 404 (reject_unknown_method).
+    routes.append({"name": "rest", "match": {"prefix": "/"}, "route": _route_action(BACKENDS[0])})
+    return routes
+
+
+def _cors_policy(origins: Iterable[str]) -> dict[str, Any]:
+    return _any(
+        "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        allow_origin_string_match=[{"exact": o} for o in origins],
+        allow_methods="GET, POST, PUT, PATCH, DELETE, OPTIONS",
+        allow_headers=",".join(CORS_ALLOW_HEADERS),
+        expose_headers=",".join(CORS_EXPOSE_HEADERS),
+        max_age="600",
+        allow_credentials=False,
+    )
+
+
+def _route_config(cfg: GatewayConfig) -> dict[str, Any]:
+    vhost: dict[str, Any] = {
+        "name": "sentinel",
+        "domains": ["*"],
+        "routes": _routes(),
+        "response_headers_to_add": _security_headers(),
+        "response_headers_to_remove": ["server", "x-powered-by"],
+    }
+    if cfg.cors_allowed_origins:
+        vhost["typed_per_filter_config"] = {"envoy.filters.http.cors": _cors_policy(cfg.cors_allowed_origins)}
+    return {
+        "name": "sentinel",
+        "virtual_hosts": [vhost],
+        # Nothing a client sends may look like an edge-verified identity to the services
+        # (Envoy's conventional payload header; add issue 3's API-key marker here too).
+        "request_headers_to_remove": ["x-jwt-payload"],
+    }
+
+
+def jwt_rules() -> list[dict[str, Any]]:
+    """``jwt_authn`` rules on gRPC paths (the transcoder has already rewritten REST paths).
+
+    Public RPCs and gRPC infrastructure are listed first without ``requires``; the final
+    catch-all requires a valid token, so a new RPC is protected unless its contract says public.
+    """
+    rules: list[dict[str, Any]] = [{"match": {"path": rpc.full_method}} for rpc in contracts.rpcs() if rpc.public]
+    rules += [{"match": {"prefix": prefix}} for prefix in contracts.INFRASTRUCTURE_PREFIXES]
+    # Issue 3 (API keys): requests carrying `x-api-key: snt_…` or `authorization: Bearer snt_…`
+    # will be authenticated by the API-key check placed *before* jwt_authn (ext_authz to the
+    # user service, which stamps a verified header the services trust) and this rule becomes
+    # `requires_any: [{provider_name: sentinel}, <api-key marker>]`. Until then a bearer that
+    # is not a JWT fails here with a JSON 401 (code 16).
+    rules.append({"match": {"prefix": "/"}, "requires": {"provider_name": JWT_PROVIDER}})
+    return rules
+
+
+def _jwt_filter(cfg: GatewayConfig) -> dict[str, Any]:
+    uri = jwks_uri(cfg)
+    provider = {
+        "issuer": cfg.jwt_issuer,
+        "audiences": [cfg.jwt_audience],
+        "require_expiration": True,
+        "clock_skew_seconds": 5,
+        # The scheme is case-insensitive (RFC 7235), as in the services' own parser.
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "},
+                         {"name": "authorization", "value_prefix": "bearer "}],
+        # Keep the header: every service verifies the token again (defence in depth).
+        "forward": True,
+        # For the access log (tenant and subject of every call).
+        "payload_in_metadata": "jwt_payload",
+        "remote_jwks": {
+            "http_uri": {"uri": uri, "cluster": JWKS_CLUSTER, "timeout": "2s"},
+            "cache_duration": "300s",
+            # Default JWKS is served through this very listener: fetch in the background so the
+            # listener is not held back waiting for itself, and retry soon after a failure
+            # (the user service may start after Envoy).
+            "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},
+            "retry_policy": {"num_retries": 3,
+                             "retry_back_off": {"base_interval": "0.2s", "max_interval": "2s"}},
+        },
+    }
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": _any(
+            "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            providers={JWT_PROVIDER: provider},
+            rules=jwt_rules(),
+        ),
+    }
+
+
+def _transcoder_filter(cfg: GatewayConfig) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.grpc_json_transcoder",
+        "typed_config": _any(
+            "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+            proto_descriptor=str(cfg.descriptor_set_path),
+            services=service_names(),
+            print_options={
+                "add_whitespace": False,
+                "always_print_primitive_fields": True,
+                "always_print_enums_as_ints": False,
+                "preserve_proto_field_names": True,
+            },
+            # Only the google.api.http bindings are REST; no implicit POST /pkg.Svc/Method.
+            auto_mapping=False,
+            convert_grpc_status=True,
+            case_insensitive_enum_parsing=True,
+            request_validation_options={
+                "reject_unknown_method": True,
+                "reject_unknown_query_parameters": True,
+                "reject_binding_body_field_collisions": True,
+            },
+            max_request_body_size=cfg.max_request_bytes,
+            max_response_body_size=max(cfg.max_request_bytes, 16 << 20),
+        ),
+    }
+
+
+def _http_filters(cfg: GatewayConfig) -> list[dict[str, Any]]:
+    filters: list[dict[str, Any]] = []
+    if cfg.cors_allowed_origins:
+        # First, so preflight OPTIONS requests are answered before transcoding or auth.
+        filters.append({"name": "envoy.filters.http.cors",
+                        "typed_config": _any("envoy.extensions.filters.http.cors.v3.Cors")})
+    # Transcoder before jwt_authn: it rewrites REST to the gRPC path, so the JWT rules and
+    # the routes see one path per RPC whatever the protocol.
+    filters.append(_transcoder_filter(cfg))
+    filters.append(_jwt_filter(cfg))
+    # Caps native gRPC bodies too (the transcoder only sees REST); over the limit → 413.
+    filters.append({"name": "envoy.filters.http.buffer",
+                    "typed_config": _any("envoy.extensions.filters.http.buffer.v3.Buffer",
+                                         max_request_bytes=cfg.max_request_bytes)})
+    filters.append({"name": "envoy.filters.http.router",
+                    "typed_config": _any("envoy.extensions.filters.http.router.v3.Router",
+                                         suppress_envoy_headers=True)})
+    return filters
+
+
+def _local_reply_body(code: int) -> dict[str, Any]:
+    return {
+        "json_format": {
+            "code": code,
+            "message": "%LOCAL_REPLY_BODY%",
+            "request_id": "%REQ(X-REQUEST-ID)%",
+        },
+        "content_type": "application/json",
+    }
+
+
+#: Which local replies get the JSON body. gRPC clients must keep Envoy's plain text (it becomes
+#: ``grpc-message``; the status is already ``grpc-status`` in a trailers-only reply). The
+#: request headers seen here are post-transcoding, so a REST call is recognised by the
+#: transcoder's ``x-envoy-original-path`` or by a content-type that is not gRPC (or none).
+_REST_REQUEST_FILTER: dict[str, Any] = {"or_filter": {"filters": [
+    {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}},
+    {"header_filter": {"header": {"name": "content-type", "string_match": {"prefix": "application/grpc"},
+                                  "invert_match": True}}},
+    # A missing header never matches a string matcher, inverted or not (e.g. a plain GET).
+    {"header_filter": {"header": {"name": "content-type", "present_match": False}}},
+]}}
+
+
+def _status_filter(op: str, status: int, key: str) -> dict[str, Any]:
+    return {"status_code_filter": {"comparison": {
+        "op": op, "value": {"default_value": status, "runtime_key": f"sentinel.local_reply.{key}"},
+    }}}
+
+
+def _local_reply_config() -> dict[str, Any]:
+    """Envoy's own error replies (jwt_authn 401, transcoder 400/404, buffer 413, 503, ...) as JSON.
+
+    No top-level ``body_format``: it would also rewrite replies to native gRPC clients.
+    """
+    matchers = [(_status_filter("EQ", status, str(status)), code) for status, code in LOCAL_REPLY_GRPC_CODES.items()]
+    matchers.append((_status_filter("GE", 400, "other"), UNKNOWN_GRPC_CODE))
+    return {"mappers": [
+        {
+            "filter": {"and_filter": {"filters": [status_filter, _REST_REQUEST_FILTER]}},
+            "body_format_override": _local_reply_body(code),
+            # Route-level response headers do not reach every local reply; add them here too.
+            "headers_to_add": _security_headers(),
+        }
+        for status_filter, code in matchers
+    ]}
+
+
+ACCESS_LOG_FORMAT: Mapping[str, str] = {
+    "start_time": "%START_TIME%",
+    "method": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "grpc_method": "%REQ(:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "grpc_status": "%GRPC_STATUS_NUMBER%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "duration_ms": "%DURATION%",
+    "response_duration_ms": "%RESPONSE_DURATION%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "tenant_id": "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:jwt_payload:tid)%",
+    "subject": "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:jwt_payload:sub)%",
+}
+
+
+def _access_log(path: str) -> list[dict[str, Any]]:
+    return [{
+        "name": "envoy.access_loggers.file",
+        "typed_config": _any(
+            "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            path=path,
+            log_format={"json_format": dict(ACCESS_LOG_FORMAT)},
+        ),
+    }]
+
+
+def _http_connection_manager(cfg: GatewayConfig) -> dict[str, Any]:
+    return _any(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        stat_prefix="ingress",
+        codec_type="AUTO",  # HTTP/1.1 for REST, HTTP/2 (h2c prior knowledge) for gRPC
+        # Edge proxy: the peer address is the client; x-forwarded-for from clients is not trusted.
+        use_remote_address=True,
+        xff_num_trusted_hops=0,
+        generate_request_id=True,
+        always_set_request_id_in_response=True,
+        # Path hygiene before any matching, so JWT rules and routes cannot be bypassed
+        # with //, /./ or %2F tricks.
+        normalize_path=True,
+        merge_slashes=True,
+        path_with_escaped_slashes_action="REJECT_REQUEST",
+        strip_any_host_port=True,
+        # Do not advertise Envoy; upstream "server" headers are removed by the route config.
+        server_header_transformation="PASS_THROUGH",
+        stream_idle_timeout=STREAM_IDLE_TIMEOUT,
+        request_timeout="30s",
+        request_headers_timeout="10s",
+        max_request_headers_kb=60,
+        common_http_protocol_options={
+            "idle_timeout": "300s",
+            "max_headers_count": 100,
+            # "x_tenant" vs "x-tenant" ambiguity is a classic header-smuggling vector.
+            "headers_with_underscores_action": "REJECT_REQUEST",
+        },
+        http2_protocol_options={
+            "max_concurrent_streams": 100,
+            "initial_stream_window_size": 65536,
+            "initial_connection_window_size": 1048576,
+        },
+        access_log=_access_log(cfg.access_log_path),
+        local_reply_config=_local_reply_config(),
+        route_config=_route_config(cfg),
+        http_filters=_http_filters(cfg),
+    )
+
+
+def render(cfg: GatewayConfig) -> dict[str, Any]:
+    """The Envoy bootstrap (v3) as plain data."""
+    missing = [b for b in BACKENDS if b not in cfg.upstreams]
+    if missing:
+        raise ValueError(f"GatewayConfig.upstreams lacks {', '.join(missing)}")
+    unknown = sorted(set(cfg.upstreams) - set(BACKENDS))
+    if unknown:
+        raise ValueError(f"GatewayConfig.upstreams has unknown backends {', '.join(unknown)}")
+    clusters = [_backend_cluster(name, cfg.upstreams[name]) for name in BACKENDS]
+    clusters.append(_jwks_cluster(jwks_uri(cfg)))
+    bootstrap: dict[str, Any] = {
+        "node": {"id": "sentinel-gateway", "cluster": "sentinel"},
+        "admin": {"address": _socket_address(cfg.admin_host, cfg.admin_port)},
+        "static_resources": {
+            "listeners": [{
+                "name": "ingress",
+                "address": _socket_address(cfg.listen_host, cfg.listen_port),
+                "per_connection_buffer_limit_bytes": 1 << 20,
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": _http_connection_manager(cfg),
+                }]}],
+            }],
+            "clusters": clusters,
+        },
+        # Edge best practice: bound downstream connections (Envoy warns when unset).
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": _any(
+                "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                max_active_downstream_connections=cfg.max_connections,
+            ),
+        }]},
+    }
+    return bootstrap
+
+
+def envoy_args(config_path: Path, *, log_level: str = "info") -> list[str]:
+    """Recommended command-line arguments (after the binary) to run a rendered config.
+
+    ``--disable-hot-restart``: no shared memory, so several Envoys (tests, dev) never clash.
+    ``--file-flush-interval-msec``: the access log otherwise reaches the file only every 10 s.
+    """
+    return ["-c", str(config_path), "--disable-hot-restart", "--log-level", log_level,
+            "--file-flush-interval-msec", "500"]
+
+
+HEADER = """\
+# Envoy bootstrap for Sentinel. GENERATED by sentinel.gateway.envoy from the proto contracts:
+# do not edit by hand. Regenerate with `sentinel gateway render` (see gateway/README.md).
+"""
+
+
+def render_yaml(cfg: GatewayConfig) -> str:
+    return HEADER + yaml.safe_dump(render(cfg), sort_keys=False, default_flow_style=False, width=100)
