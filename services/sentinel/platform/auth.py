@@ -35,7 +35,10 @@ ROLE_NAMES: dict[int, str] = {
 }
 ROLE_BY_NAME = {v: k for k, v in ROLE_NAMES.items()}
 
-_READ = {"tenants.read", "users.read"}
+#: Held by every human role: read and end one's own session (WhoAmI, Logout). Service
+#: principals do not hold it; they have no session and no "self" to describe.
+SESSION_SELF = "session.self"
+_READ = {SESSION_SELF, "tenants.read", "users.read"}
 _MANAGE_USERS = _READ | {"users.write", "users.delete", "audit.read", "jobs.read", "jobs.write"}
 #: Role → permissions. Ranks order roles for "cannot grant above your own".
 PERMISSIONS: dict[str, frozenset[str]] = {

@@ -87,14 +87,16 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _resolve_files(cls, data: Any) -> Any:
-        """Fill ``X`` from ``SENTINEL_X_FILE`` when ``X`` itself is not set."""
+        """Fill ``X`` from ``SENTINEL_X_FILE`` when ``X`` itself is not set (or set empty)."""
         if not isinstance(data, dict):
             return data
         for key, value in os.environ.items():
             if key.startswith(ENV_PREFIX) and key.endswith("_FILE") and value:
                 name = key[len(ENV_PREFIX) : -len("_FILE")].lower()
-                if name in cls.model_fields and not os.environ.get(ENV_PREFIX + name.upper()):
-                    data.setdefault(name, read_secret_file(value))
+                # An empty SENTINEL_X arrives here as "": it must not shadow the file.
+                if (name in cls.model_fields and not os.environ.get(ENV_PREFIX + name.upper())
+                        and data.get(name) in (None, "")):
+                    data[name] = read_secret_file(value)
         return data
 
     @property

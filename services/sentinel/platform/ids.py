@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 
@@ -21,13 +22,17 @@ def uuid7() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
+#: The canonical 8-4-4-4-12 form (either case). ``uuid.UUID`` alone also accepts braces, a
+#: ``urn:uuid:`` prefix and dashes anywhere, e.g. ``urn:0190f6b48a5e7c3d9f1a2b3c4d5e6f70``.
+CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def parse_uuid(value: str, field: str) -> uuid.UUID:
     """Parse a canonical UUID string or raise InvalidArgument naming the field."""
-    try:
+    parsed = None
+    if isinstance(value, str) and CANONICAL_UUID.fullmatch(value):
         parsed = uuid.UUID(value)
-    except (ValueError, AttributeError, TypeError):
-        parsed = None
-    if parsed is None or len(value) != 36:
+    if parsed is None:
         raise InvalidArgument(
             f"{field} must be a UUID like 0190f6b4-8a5e-7c3d-9f1a-2b3c4d5e6f70",
             [FieldViolation(field, "not a UUID")],

@@ -1,4 +1,7 @@
-"""Input checks shared by services. Each returns violations; callers raise them together."""
+"""Input checks shared by services. Each returns violations; callers raise them together.
+
+Patterns are applied with ``fullmatch``: ``re.match`` with ``$`` also accepts a trailing newline.
+"""
 
 from __future__ import annotations
 
@@ -25,11 +28,11 @@ def text(field: str, value: str, *, min_len: int = 0, max_len: int, out: list[Fi
 def email(field: str, value: str, out: list[FieldViolation]) -> None:
     if not value:
         out.append(FieldViolation(field, "is required"))
-    elif len(value) > 320 or not EMAIL.match(value):
+    elif len(value) > 320 or not EMAIL.fullmatch(value):
         out.append(FieldViolation(field, "must be an e-mail address like name@example.com"))
 
 
 def slug(field: str, value: str, out: list[FieldViolation]) -> None:
-    if not SLUG.match(value):
+    if not SLUG.fullmatch(value):
         out.append(FieldViolation(field, "must be 3-63 characters of a-z, 0-9 and '-', "
                                          "starting and ending with a letter or digit"))

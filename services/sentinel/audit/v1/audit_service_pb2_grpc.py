@@ -96,7 +96,8 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyAuditChain(self, request, context):
-        """Recomputes the tenant's chain and reports the first broken link, if any.
+        """Recomputes the tenant's chain and reports the first broken link, if any. A read: it
+        changes nothing, so it is a GET with query parameters (?from_sequence=...).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,7 +39,9 @@ class AuditServiceStub:
     """Lists events of the tenant, newest first by default."""
     GetAuditEvent: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.GetAuditEventRequest, _audit_service_pb2.GetAuditEventResponse]
     VerifyAuditChain: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.VerifyAuditChainRequest, _audit_service_pb2.VerifyAuditChainResponse]
-    """Recomputes the tenant's chain and reports the first broken link, if any."""
+    """Recomputes the tenant's chain and reports the first broken link, if any. A read: it
+    changes nothing, so it is a GET with query parameters (?from_sequence=...).
+    """
     ExportAuditEvents: _grpc.UnaryStreamMultiCallable[_audit_service_pb2.ExportAuditEventsRequest, _audit_service_pb2.ExportAuditEventsResponse]
     """Streams matching events oldest first, with the checkpoints that cover them (NDJSON over REST)."""
     StreamAuditEvents: _grpc.UnaryStreamMultiCallable[_audit_service_pb2.StreamAuditEventsRequest, _audit_service_pb2.StreamAuditEventsResponse]
@@ -58,7 +60,9 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """Lists events of the tenant, newest first by default."""
     GetAuditEvent: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.GetAuditEventRequest, _audit_service_pb2.GetAuditEventResponse]  # type: ignore[assignment]
     VerifyAuditChain: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.VerifyAuditChainRequest, _audit_service_pb2.VerifyAuditChainResponse]  # type: ignore[assignment]
-    """Recomputes the tenant's chain and reports the first broken link, if any."""
+    """Recomputes the tenant's chain and reports the first broken link, if any. A read: it
+    changes nothing, so it is a GET with query parameters (?from_sequence=...).
+    """
     ExportAuditEvents: _aio.UnaryStreamMultiCallable[_audit_service_pb2.ExportAuditEventsRequest, _audit_service_pb2.ExportAuditEventsResponse]  # type: ignore[assignment]
     """Streams matching events oldest first, with the checkpoints that cover them (NDJSON over REST)."""
     StreamAuditEvents: _aio.UnaryStreamMultiCallable[_audit_service_pb2.StreamAuditEventsRequest, _audit_service_pb2.StreamAuditEventsResponse]  # type: ignore[assignment]
@@ -98,7 +102,9 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_service_pb2.VerifyAuditChainRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_service_pb2.VerifyAuditChainResponse, _abc.Awaitable[_audit_service_pb2.VerifyAuditChainResponse]]:
-        """Recomputes the tenant's chain and reports the first broken link, if any."""
+        """Recomputes the tenant's chain and reports the first broken link, if any. A read: it
+        changes nothing, so it is a GET with query parameters (?from_sequence=...).
+        """
 
     @_abc_1.abstractmethod
     def ExportAuditEvents(

@@ -1,7 +1,9 @@
 """Authentication: verifies the bearer token of every call and records the principal.
 
-Public RPCs (policy scope PUBLIC) accept calls without a token; a token that is present is
-still verified, so a forged one never passes silently.
+Public RPCs (policy scope PUBLIC) accept calls without a token. A token sent to one is not
+verified and not used: the handler runs without a principal (so a forged token gains nothing,
+and an expired access token sent along with RefreshToken does not break the refresh). A
+malformed ``authorization`` header is refused everywhere.
 """
 
 from __future__ import annotations

@@ -45,6 +45,10 @@ class ErrorsInterceptor:
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
+            if isinstance(exc, NotImplementedError) and call.context.code() == grpc.StatusCode.UNIMPLEMENTED:
+                # The generated base servicer sets UNIMPLEMENTED and raises NotImplementedError for
+                # a method the service does not override: answer UNIMPLEMENTED, not INTERNAL.
+                await self.abort(call, _unimplemented())
             if _is_connection_error(exc):
                 log.warning("dependency unavailable", extra={"method": call.method, "error": repr(exc)})
                 await self.abort(call, Unavailable(
@@ -57,4 +61,10 @@ def _internal(call: Call) -> SentinelError:
     err = SentinelError(f"internal error (request id {call.request_id or 'unknown'}); it has been logged",
                         reason="INTERNAL")
     err.code = grpc.StatusCode.INTERNAL
+    return err
+
+
+def _unimplemented() -> SentinelError:
+    err = SentinelError("this method is not implemented by this service", reason="UNIMPLEMENTED")
+    err.code = grpc.StatusCode.UNIMPLEMENTED
     return err

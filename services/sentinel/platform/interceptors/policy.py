@@ -58,7 +58,10 @@ class PolicyInterceptor:
         principal = call.principal
         if principal is None:
             raise Unauthenticated("this call needs a bearer token", reason="TOKEN_MISSING")
-        if policy.permission and not principal.can(policy.permission):
+        if not policy.permission:
+            # policy.proto: empty only for PUBLIC. Fail closed rather than admit every principal.
+            raise PermissionDenied("this method declares no permission", reason="NO_POLICY")
+        if not principal.can(policy.permission):
             raise PermissionDenied(f"your role '{principal.role}' lacks the permission "
                                    f"'{policy.permission}'", reason="MISSING_PERMISSION",
                                    metadata={"permission": policy.permission})
