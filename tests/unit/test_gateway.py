@@ -152,24 +152,8 @@ def test_descriptor_set_loads_every_service(tmp_path: Path) -> None:
     pool.FindMessageTypeByName("google.rpc.BadRequest")  # details render as JSON at the edge
 
 
-def test_descriptor_set_drops_response_body_envoy_cannot_serve(tmp_path: Path) -> None:
-    from google.api import annotations_pb2
-    from google.protobuf import descriptor_pb2
-
-    fds = descriptor_pb2.FileDescriptorSet.FromString(gw.write_descriptor_set(tmp_path / "s.pb").read_bytes())
-    for file in fds.file:
-        for service in file.service:
-            for method in service.method:
-                rule = method.options.Extensions[annotations_pb2.http]
-                assert not any(r.response_body for r in [rule, *rule.additional_bindings]), method.name
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: bindings set response_body to a message field; Envoy's transcoder refuses to load them "
-    "('not supported yet for non-HttpBody fields', envoyproxy/envoy#11136), so the gateway drops it and "
-    "REST returns the whole response message ({'tenant': {...}}). Fix in proto/: return the resource itself "
-    "(AIP-131/133/134) or drop response_body, then remove this marker."))
 def test_no_binding_uses_response_body() -> None:
+    # Envoy would refuse to load the descriptor set (envoyproxy/envoy#11136).
     assert gw.response_body_bindings() == []
 
 

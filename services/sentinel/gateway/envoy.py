@@ -21,8 +21,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from google.api import annotations_pb2
-from google.protobuf import descriptor_pb2
 
 from sentinel.platform import contracts
 
@@ -119,37 +117,20 @@ def dev_config() -> GatewayConfig:
     return GatewayConfig(upstreams=dict(DEV_UPSTREAMS), descriptor_set_path=DEV_DESCRIPTOR_SET_PATH)
 
 
-def transcoder_descriptor_set() -> descriptor_pb2.FileDescriptorSet:
-    """The contracts' FileDescriptorSet, adjusted to what Envoy's transcoder accepts.
-
-    Envoy (up to at least 1.40) refuses to load a binding whose ``response_body`` names a
-    field that is not ``google.api.HttpBody`` ("not supported yet", envoyproxy/envoy#11136),
-    so such ``response_body`` settings are dropped here: REST then returns the whole response
-    message (e.g. ``{"tenant": {...}}``). When no binding uses it this is a no-op.
-    """
-    fds = contracts.file_descriptor_set()
-    for file in fds.file:
-        for service in file.service:
-            for method in service.method:
-                opts = method.options
-                if not opts.HasExtension(annotations_pb2.http):
-                    continue
-                rule = opts.Extensions[annotations_pb2.http]
-                for r in [rule, *rule.additional_bindings]:
-                    if r.response_body:
-                        r.response_body = ""
-    return fds
-
-
 def response_body_bindings() -> list[str]:
-    """RPCs whose REST binding sets ``response_body`` (Envoy cannot honour it, see above)."""
+    """RPCs whose REST binding sets ``response_body``.
+
+    Envoy (up to at least 1.40) refuses to load a binding whose ``response_body`` names a field
+    that is not ``google.api.HttpBody`` (envoyproxy/envoy#11136), so the contracts must not use
+    it; REST returns the whole response message (e.g. ``{"tenant": {...}}``).
+    """
     return [rpc.full_method for rpc in contracts.rpcs() if any(h.response_body for h in rpc.http)]
 
 
 def write_descriptor_set(path: Path) -> Path:
     """Serialize the contracts' FileDescriptorSet (Sentinel + imports + google.rpc) for the transcoder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = transcoder_descriptor_set().SerializeToString(deterministic=True)
+    data = contracts.file_descriptor_set().SerializeToString(deterministic=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)  # atomic: a running Envoy never reads half a file
