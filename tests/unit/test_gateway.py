@@ -129,7 +129,7 @@ def test_render_checks_upstreams_and_derives_jwks() -> None:
     tenant = next(c for c in out["static_resources"]["clusters"] if c["name"] == "tenant")
     assert tenant["type"] == "STRICT_DNS"
     names = [f["name"] for f in _hcm(out)["http_filters"]]
-    assert names == ["envoy.filters.http.cors", "envoy.filters.http.grpc_json_transcoder",
+    assert names == ["envoy.filters.http.cors", "sentinel.strict_json", "envoy.filters.http.grpc_json_transcoder",
                      "envoy.filters.http.jwt_authn", "envoy.filters.http.buffer", "envoy.filters.http.router"]
     https = gw.render(gw.GatewayConfig(upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=Path("/x.pb"),
                                        jwks_uri="https://id.example.com/jwks"))

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from sentinel.gateway import strict_json
 from sentinel.platform import contracts
 
 #: Backends, in a stable order (cluster order in the rendered file).
@@ -438,6 +439,9 @@ def _http_filters(cfg: GatewayConfig) -> list[dict[str, Any]]:
         # First, so preflight OPTIONS requests are answered before transcoding or auth.
         filters.append({"name": "envoy.filters.http.cors",
                         "typed_config": _any("envoy.extensions.filters.http.cors.v3.Cors")})
+    # The transcoder drops unknown JSON fields silently (envoyproxy/envoy#46623); this Lua
+    # filter refuses them with 400 while the body is still JSON, so it runs just before it.
+    filters.append(strict_json.lua_filter(max_body_bytes=cfg.max_request_bytes, local_reply_json=True))
     # Transcoder before jwt_authn: it rewrites REST to the gRPC path, so the JWT rules and
     # the routes see one path per RPC whatever the protocol.
     filters.append(_transcoder_filter(cfg))
