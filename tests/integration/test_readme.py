@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import missing_tool
+
 pytestmark = pytest.mark.integration
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -29,7 +31,7 @@ def api_examples() -> str:
 
 def test_readme_api_examples_work_as_written(stack: Any) -> None:
     if shutil.which("curl") is None:
-        pytest.fail("curl is needed to run the README examples")
+        missing_tool("curl is needed to run the README examples")
     script = api_examples()
     assert "export ADMIN_EMAIL=" in script
     script = re.sub(r"^export ADMIN_EMAIL=.*$", "", script, flags=re.M)

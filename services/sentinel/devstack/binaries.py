@@ -65,6 +65,9 @@ def _one(env: str, name: str) -> Path:
                         f"Run `make up` (installs it into .venv) or set {env}.")
 
 
+def resolve_envoy() -> Path:
+    return _one("SENTINEL_ENVOY_BIN", "envoy")
+
+
 def resolve() -> Binaries:
-    return Binaries(postgres_bin_dir(), _one("SENTINEL_REDIS_SERVER", "redis-server"),
-                    _one("SENTINEL_ENVOY_BIN", "envoy"))
+    return Binaries(postgres_bin_dir(), _one("SENTINEL_REDIS_SERVER", "redis-server"), resolve_envoy())
