@@ -9,6 +9,7 @@ same way systemd credentials are in production.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pwd
 import secrets
@@ -41,6 +42,17 @@ PG_SYSTEM_USER = os.environ.get("SENTINEL_POSTGRES_SYSTEM_USER", "sentinel")
 
 class StackError(RuntimeError):
     pass
+
+
+# Looked up once in the parent: the child between fork and exec may only make the call.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the supervisor dies, even by SIGKILL."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -199,6 +211,7 @@ class Stack:
         log = log_path.open("ab")
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  env=dict(env) if env is not None else None, user=user,
+                                 preexec_fn=_die_with_parent,
                                  start_new_session=True)  # Ctrl-C reaches us, we stop the children in order
         log.close()
         proc = Proc(name, popen, log_path, stop_signal)
