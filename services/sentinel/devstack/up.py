@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (default 9901)")
     p.add_argument("--postgres-port", type=int, default=5432, help="embedded PostgreSQL port (default 5432)")
     p.add_argument("--redis-port", type=int, default=6379, help="embedded Redis port (default 6379)")
+    p.add_argument("--free-ports", action="store_true",
+                   help="pick free ports for everything (a second stack beside the default one)")
 
 
 def endpoints(stack: Stack) -> str:
@@ -43,7 +45,8 @@ def endpoints(stack: Stack) -> str:
 
 
 def run(ns: argparse.Namespace) -> int:
-    ports = Ports(postgres=ns.postgres_port, redis=ns.redis_port, envoy=ns.port, envoy_admin=ns.admin_port)
+    ports = Ports.free() if ns.free_ports else Ports(postgres=ns.postgres_port, redis=ns.redis_port,
+                                                     envoy=ns.port, envoy_admin=ns.admin_port)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
