@@ -14,8 +14,12 @@ import hmac
 import json
 import uuid
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
-from sentinel.platform.errors import FieldViolation, InvalidArgument
+from sqlalchemy import Select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sentinel.platform.errors import Aborted, FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -31,6 +35,16 @@ def page_size(requested: int) -> int:
 class Cursor:
     create_time: dt.datetime
     id: uuid.UUID
+
+
+class Listed(Protocol):
+    """A row that lists in keyset order: creation time, then id."""
+
+    create_time: dt.datetime
+    id: uuid.UUID
+
+
+RowT = TypeVar("RowT", bound=Listed)
 
 
 class PageTokens:
@@ -69,6 +83,26 @@ class PageTokens:
         return cursor
 
 
+    def cursor_for(self, page_token: str, *, tenant: uuid.UUID | None, scope: str) -> Cursor | None:
+        """Decode the request's token before any database work (a bad one is INVALID_ARGUMENT)."""
+        return self.decode(page_token, tenant=tenant, scope=scope)
+
+    async def fetch_page(self, session: AsyncSession, query: Select[RowT], model: Any, *, size: int,
+                         cursor: Cursor | None, tenant: uuid.UUID | None, scope: str) -> tuple[list[RowT], str]:
+        """One keyset page of ``query`` (ordered by ``model.create_time, model.id``) and the next token.
+
+        Reads one row more than asked to know whether another page exists.
+        """
+        query = query.order_by(model.create_time, model.id).limit(size + 1)
+        if cursor:
+            query = query.where(tuple_(model.create_time, model.id) > (cursor.create_time, cursor.id))
+        rows = list((await session.scalars(query)).all())
+        if len(rows) <= size:
+            return rows, ""
+        rows = rows[:size]
+        return rows, self.encode(Cursor(rows[-1].create_time, rows[-1].id), tenant=tenant, scope=scope)
+
+
 def _scope_hash(scope: str) -> str:
     return hashlib.sha256(scope.encode()).hexdigest()[:16]
 
@@ -76,3 +110,9 @@ def _scope_hash(scope: str) -> str:
 def etag(ident: uuid.UUID, version: int) -> str:
     """Opaque version tag: changes on every update of the row."""
     return hashlib.sha256(f"{ident}:{version}".encode()).hexdigest()[:20]
+
+
+def check_etag(given: str, ident: uuid.UUID, version: int, what: str) -> None:
+    """Optimistic concurrency: a non-empty etag must match the row's current one."""
+    if given and given != etag(ident, version):
+        raise Aborted(f"the {what} was changed since you read it; get it again and retry", reason="ETAG_MISMATCH")

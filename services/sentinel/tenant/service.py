@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sentinel.platform import db
@@ -17,7 +17,6 @@ from sentinel.platform.auth import PLATFORM_TENANT_ID
 from sentinel.platform.calls import require_call
 from sentinel.platform.convert import EnumText, timestamp, update_paths
 from sentinel.platform.errors import (
-    Aborted,
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
@@ -26,7 +25,7 @@ from sentinel.platform.errors import (
     require,
 )
 from sentinel.platform.ids import parse_uuid, uuid7
-from sentinel.platform.pagination import Cursor, etag, page_size
+from sentinel.platform.pagination import check_etag, etag, page_size
 from sentinel.platform.server import Runtime, ServiceSpec
 from sentinel.platform.validation import slug as check_slug
 from sentinel.platform.validation import text as check_text
@@ -92,20 +91,13 @@ class TenantApi(tenant_service_pb2_grpc.TenantServiceServicer):
         state = STATE.text(request.state, "state", default="")
         call = require_call()
         scope = f"ListTenants|{state}"
-        cursor = self.page_tokens.decode(request.page_token, tenant=call.tenant_id, scope=scope)
-        query = select(Tenant).order_by(Tenant.create_time, Tenant.id).limit(size + 1)
+        cursor = self.page_tokens.cursor_for(request.page_token, tenant=call.tenant_id, scope=scope)
+        query = select(Tenant)
         if state:
             query = query.where(Tenant.state == state)
-        if cursor:
-            query = query.where(tuple_(Tenant.create_time, Tenant.id) > (cursor.create_time, cursor.id))
         async with db.unit_of_work() as session:
-            rows = list((await session.scalars(query)).all())
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            last = rows[-1]
-            token = self.page_tokens.encode(Cursor(last.create_time, last.id), tenant=call.tenant_id,
-                                            scope=scope)
+            rows, token = await self.page_tokens.fetch_page(session, query, Tenant, size=size, cursor=cursor,
+                                                            tenant=call.tenant_id, scope=scope)
         return tenant_service_pb2.ListTenantsResponse(tenants=[to_proto(r) for r in rows],
                                                       next_page_token=token)
 
@@ -130,9 +122,7 @@ class TenantApi(tenant_service_pb2_grpc.TenantServiceServicer):
             row = await session.get(Tenant, tenant_id, with_for_update=True)
             if row is None:
                 raise not_found(tenant_id)
-            if request.tenant.etag and request.tenant.etag != etag(row.id, row.version):
-                raise Aborted("the tenant was changed since you read it; get it again and retry",
-                              reason="ETAG_MISMATCH")
+            check_etag(request.tenant.etag, row.id, row.version, "tenant")
             if values:
                 await session.execute(
                     update(Tenant).where(Tenant.id == tenant_id)
@@ -149,9 +139,7 @@ class TenantApi(tenant_service_pb2_grpc.TenantServiceServicer):
             row = await session.get(Tenant, tenant_id, with_for_update=True)
             if row is None:
                 raise not_found(tenant_id)
-            if request.etag and request.etag != etag(row.id, row.version):
-                raise Aborted("the tenant was changed since you read it; get it again and retry",
-                              reason="ETAG_MISMATCH")
+            check_etag(request.etag, row.id, row.version, "tenant")
             await session.execute(delete(Tenant).where(Tenant.id == tenant_id))
         return tenant_service_pb2.DeleteTenantResponse()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sentinel.common.v1 import common_pb2
@@ -15,7 +15,6 @@ from sentinel.platform.auth import PLATFORM_TENANT_ID, RANK, Principal, TokenSig
 from sentinel.platform.calls import require_call
 from sentinel.platform.convert import EnumText, timestamp, update_paths
 from sentinel.platform.errors import (
-    Aborted,
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
@@ -24,7 +23,7 @@ from sentinel.platform.errors import (
     require,
 )
 from sentinel.platform.ids import parse_uuid, uuid7
-from sentinel.platform.pagination import Cursor, etag, page_size
+from sentinel.platform.pagination import check_etag, etag, page_size
 from sentinel.platform.server import Runtime, ServiceSpec
 from sentinel.platform.validation import email as check_email
 from sentinel.platform.validation import text as check_text
@@ -142,21 +141,15 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
         state = STATE.text(request.state, "state", default="")
         call = require_call()
         scope = f"ListUsers|{role}|{state}"
-        cursor = self.page_tokens.decode(request.page_token, tenant=call.tenant_id, scope=scope)
-        query = select(User).order_by(User.create_time, User.id).limit(size + 1)
+        cursor = self.page_tokens.cursor_for(request.page_token, tenant=call.tenant_id, scope=scope)
+        query = select(User)
         if role:
             query = query.where(User.role == role)
         if state:
             query = query.where(User.state == state)
-        if cursor:
-            query = query.where(tuple_(User.create_time, User.id) > (cursor.create_time, cursor.id))
         async with db.unit_of_work() as session:
-            rows = list((await session.scalars(query)).all())
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = self.page_tokens.encode(Cursor(rows[-1].create_time, rows[-1].id),
-                                            tenant=call.tenant_id, scope=scope)
+            rows, token = await self.page_tokens.fetch_page(session, query, User, size=size, cursor=cursor,
+                                                            tenant=call.tenant_id, scope=scope)
         return user_service_pb2.ListUsersResponse(users=[to_proto(r) for r in rows], next_page_token=token)
 
     async def UpdateUser(self, request: user_service_pb2.UpdateUserRequest,
@@ -185,9 +178,7 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
             row = await session.get(User, user_id, with_for_update=True)
             if row is None:
                 raise not_found(user_id)
-            if request.user.etag and request.user.etag != etag(row.id, row.version):
-                raise Aborted("the user was changed since you read it; get it again and retry",
-                              reason="ETAG_MISMATCH")
+            check_etag(request.user.etag, row.id, row.version, "user")
             if RANK.get(row.role, 0) > RANK.get(principal.role, 0):
                 raise PermissionDenied("you cannot change a user whose role is above yours",
                                        reason="TARGET_ABOVE_CALLER")
@@ -218,9 +209,7 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
             row = await session.get(User, user_id, with_for_update=True)
             if row is None:
                 raise not_found(user_id)
-            if request.etag and request.etag != etag(row.id, row.version):
-                raise Aborted("the user was changed since you read it; get it again and retry",
-                              reason="ETAG_MISMATCH")
+            check_etag(request.etag, row.id, row.version, "user")
             if RANK.get(row.role, 0) > RANK.get(principal.role, 0):
                 raise PermissionDenied("you cannot delete a user whose role is above yours",
                                        reason="TARGET_ABOVE_CALLER")
