@@ -101,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         metrics = stack.metrics_url("user")
         errors_before = {m: scrape_errors(metrics, m) for m in ("GetUser", "ListUsers")}
 
+        empty = grpc_frame(b"")
         results = [
+            # The floor under every RPC: transport alone, then transport plus the interceptor chain.
+            h2load("Health    gRPC direct (no auth/db)", f"{user_url}/grpc.health.v1.Health/Check",
+                   headers={"content-type": "application/grpc", "te": "trailers"}, body=empty, **run),
+            h2load("WhoAmI    gRPC direct (no db)", f"{user_url}/sentinel.user.v1.AuthService/WhoAmI",
+                   headers=grpc_headers, body=empty, **run),
             asyncio.run(asyncpg_loop("GetUser   raw asyncpg (same tx)", stack.app_dsn, ids["tenant_id"],
                                      "SELECT * FROM users WHERE id = $1", (ids["user_id"],),
                                      seconds=ns.seconds, concurrency=concurrency, pool_size=10)),
