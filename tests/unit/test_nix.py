@@ -37,7 +37,7 @@ LIB_MIRROR = Path("/work/.mirror/nix-community+nixpkgs.lib/repo")
 # python3Packages attributes the stub offers. Each was checked to exist in nixpkgs
 # (pkgs/development/python-modules/<name>); nix/package.nix referencing anything else fails here.
 PYTHON_PACKAGES = [
-    "alembic", "argon2-cffi", "asyncpg", "cryptography", "googleapis-common-protos", "greenlet",
+    "alembic", "argon2-cffi", "asyncpg", "bcrypt", "cryptography", "googleapis-common-protos", "greenlet",
     "grpcio", "grpcio-health-checking", "grpcio-reflection", "grpcio-status", "grpcio-tools",
     "hatchling", "httpx", "hypothesis", "prometheus-client", "protobuf", "pydantic",
     "pydantic-settings", "pyjwt", "pytest", "pytest-asyncio", "pytest-timeout", "pyyaml", "redis", "sqlalchemy",

@@ -19,11 +19,11 @@ from sentinel.common.v1 import common_pb2
 from sentinel.platform import db
 from sentinel.platform.auth import ROLE_BY_NAME, Principal, TokenSigner, TokenVerifier, public_jwk
 from sentinel.platform.calls import require_call
-from sentinel.platform.errors import FailedPrecondition, FieldViolation, Unauthenticated, require
+from sentinel.platform.errors import Aborted, FailedPrecondition, FieldViolation, Unauthenticated, require
 from sentinel.platform.ids import uuid7
 from sentinel.platform.server import Runtime
 from sentinel.user.models import Session, User
-from sentinel.user.passwords import Passwords
+from sentinel.user.passwords import MAX_PASSWORD, Passwords, check_password
 from sentinel.user.v1 import user_service_pb2, user_service_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -134,6 +134,39 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
                                           Session.revoke_time.is_(None))
                     .values(revoke_time=func.now()))
         return user_service_pb2.LogoutResponse()
+
+    async def ChangePassword(self, request: user_service_pb2.ChangePasswordRequest,
+                             context: Context) -> user_service_pb2.ChangePasswordResponse:
+        principal = require_call().principal
+        assert principal is not None
+        violations = [] if request.current_password else [FieldViolation("current_password", "is required")]
+        if len(request.current_password) > MAX_PASSWORD:
+            violations.append(FieldViolation("current_password", "does not match"))
+        user_id = uuid.UUID(principal.subject)
+        async with db.unit_of_work() as session:
+            user = await session.get(User, user_id)
+        if user is None or user.state != "active":
+            raise Unauthenticated("your account is no longer active; log in again", reason="USER_NOT_ACTIVE")
+        check_password("new_password", request.new_password, self.settings.password_min_length, violations,
+                       email=user.email)
+        if request.new_password and request.new_password == request.current_password:
+            violations.append(FieldViolation("new_password", "must differ from the current password"))
+        require(violations)
+        if not await self.passwords.verify(user.password_hash, request.current_password):
+            require([FieldViolation("current_password", "does not match")])
+        new_hash = await self.passwords.hash(request.new_password)
+        async with db.unit_of_work() as session:
+            # The version guards against a concurrent change between the read and this write.
+            changed = await session.execute(
+                update(User).where(User.id == user_id, User.version == user.version)
+                .values(password_hash=new_hash, version=User.version + 1, update_time=func.now()))
+            if changed.rowcount != 1:  # type: ignore[attr-defined]
+                raise Aborted("your account was changed meanwhile; try again", reason="CONCURRENT_CHANGE")
+            others = [Session.user_id == user_id, Session.revoke_time.is_(None)]
+            if principal.session_id:
+                others.append(Session.id != uuid.UUID(principal.session_id))
+            revoked = await session.execute(update(Session).where(*others).values(revoke_time=func.now()))
+        return user_service_pb2.ChangePasswordResponse(revoked_sessions=revoked.rowcount)  # type: ignore[attr-defined]
 
     async def WhoAmI(self, request: user_service_pb2.WhoAmIRequest,
                      context: Context) -> user_service_pb2.WhoAmIResponse:

@@ -29,13 +29,12 @@ from sentinel.platform.validation import email as check_email
 from sentinel.platform.validation import text as check_text
 from sentinel.tenant.v1 import tenant_pb2, tenant_service_pb2, tenant_service_pb2_grpc
 from sentinel.user.models import User
-from sentinel.user.passwords import Passwords
+from sentinel.user.passwords import Passwords, check_password
 from sentinel.user.v1 import user_pb2, user_service_pb2, user_service_pb2_grpc
 
 ROLE = EnumText(common_pb2.Role, "ROLE_")
 STATE = EnumText(user_pb2.UserState, "USER_STATE_")
 UPDATABLE = ("email", "display_name", "role", "state")
-MAX_PASSWORD = 256
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -60,15 +59,6 @@ def check_grant(principal: Principal, role: str, field: str) -> None:
     if RANK.get(role, 99) > RANK.get(principal.role, 0):
         raise PermissionDenied(f"your role '{principal.role}' cannot grant '{role}'",
                                reason="ROLE_ABOVE_CALLER", metadata={"field": field})
-
-
-def check_password(password: str, min_len: int, out: list[FieldViolation]) -> None:
-    if not password:
-        out.append(FieldViolation("password", "is required"))
-    elif len(password) < min_len:
-        out.append(FieldViolation("password", f"must be at least {min_len} characters"))
-    elif len(password) > MAX_PASSWORD:
-        out.append(FieldViolation("password", f"must be at most {MAX_PASSWORD} characters"))
 
 
 async def require_active_tenant(tenant_addr: str) -> None:
@@ -106,7 +96,8 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
         violations: list[FieldViolation] = []
         check_email("email", request.email, violations)
         check_text("display_name", request.display_name, max_len=200, out=violations)
-        check_password(request.password, self.settings.password_min_length, violations)
+        check_password("password", request.password, self.settings.password_min_length, violations,
+                       email=request.email)
         role = ROLE.text(request.role, "role", default="member")
         require(violations)
         check_grant(call.principal, role, "role")

@@ -304,6 +304,11 @@ class AuthServiceStub:
                 request_serializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.LogoutRequest.SerializeToString,
                 response_deserializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.LogoutResponse.FromString,
                 _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/sentinel.user.v1.AuthService/ChangePassword',
+                request_serializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
         self.WhoAmI = channel.unary_unary(
                 '/sentinel.user.v1.AuthService/WhoAmI',
                 request_serializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.WhoAmIRequest.SerializeToString,
@@ -342,6 +347,14 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangePassword(self, request, context):
+        """Changes the caller's own password after checking the current one. Every other session of
+        the user ends (their refresh tokens stop working); the calling session stays logged in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WhoAmI(self, request, context):
         """Returns the authenticated principal.
         """
@@ -373,6 +386,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.Logout,
                     request_deserializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.LogoutRequest.FromString,
                     response_serializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.LogoutResponse.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.ChangePasswordResponse.SerializeToString,
             ),
             'WhoAmI': grpc.unary_unary_rpc_method_handler(
                     servicer.WhoAmI,
@@ -467,6 +485,33 @@ class AuthService:
             '/sentinel.user.v1.AuthService/Logout',
             sentinel_dot_user_dot_v1_dot_user__service__pb2.LogoutRequest.SerializeToString,
             sentinel_dot_user_dot_v1_dot_user__service__pb2.LogoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentinel.user.v1.AuthService/ChangePassword',
+            sentinel_dot_user_dot_v1_dot_user__service__pb2.ChangePasswordRequest.SerializeToString,
+            sentinel_dot_user_dot_v1_dot_user__service__pb2.ChangePasswordResponse.FromString,
             options,
             channel_credentials,
             insecure,

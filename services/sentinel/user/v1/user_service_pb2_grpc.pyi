@@ -138,6 +138,10 @@ class AuthServiceStub:
     """Exchanges a refresh token for a new token pair; the old refresh token is spent."""
     Logout: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.LogoutRequest, _user_service_pb2.LogoutResponse]
     """Ends the caller's session: its refresh token stops working and its access token is revoked."""
+    ChangePassword: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.ChangePasswordRequest, _user_service_pb2.ChangePasswordResponse]
+    """Changes the caller's own password after checking the current one. Every other session of
+    the user ends (their refresh tokens stop working); the calling session stays logged in.
+    """
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.WhoAmIRequest, _user_service_pb2.WhoAmIResponse]
     """Returns the authenticated principal."""
     GetJwks: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.GetJwksRequest, _user_service_pb2.GetJwksResponse]
@@ -156,6 +160,10 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """Exchanges a refresh token for a new token pair; the old refresh token is spent."""
     Logout: _aio.UnaryUnaryMultiCallable[_user_service_pb2.LogoutRequest, _user_service_pb2.LogoutResponse]  # type: ignore[assignment]
     """Ends the caller's session: its refresh token stops working and its access token is revoked."""
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_user_service_pb2.ChangePasswordRequest, _user_service_pb2.ChangePasswordResponse]  # type: ignore[assignment]
+    """Changes the caller's own password after checking the current one. Every other session of
+    the user ends (their refresh tokens stop working); the calling session stays logged in.
+    """
     WhoAmI: _aio.UnaryUnaryMultiCallable[_user_service_pb2.WhoAmIRequest, _user_service_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """Returns the authenticated principal."""
     GetJwks: _aio.UnaryUnaryMultiCallable[_user_service_pb2.GetJwksRequest, _user_service_pb2.GetJwksResponse]  # type: ignore[assignment]
@@ -189,6 +197,16 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_user_service_pb2.LogoutResponse, _abc.Awaitable[_user_service_pb2.LogoutResponse]]:
         """Ends the caller's session: its refresh token stops working and its access token is revoked."""
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _user_service_pb2.ChangePasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_service_pb2.ChangePasswordResponse, _abc.Awaitable[_user_service_pb2.ChangePasswordResponse]]:
+        """Changes the caller's own password after checking the current one. Every other session of
+        the user ends (their refresh tokens stop working); the calling session stays logged in.
+        """
 
     @_abc_1.abstractmethod
     def WhoAmI(
