@@ -36,6 +36,8 @@ def stack() -> Iterator[Stack]:
         "SENTINEL_ARGON2_TIME_COST": "1",
         "SENTINEL_ARGON2_MEMORY_COST_KIB": "1024",
         "SENTINEL_ARGON2_PARALLELISM": "1",
+        # Short failed-login locks so the tests can watch one expire.
+        "SENTINEL_LOGIN_LOCK_SECONDS": "2",
     }
     with temporary_stack(env=env, echo=sys.stderr) as s:
         yield s

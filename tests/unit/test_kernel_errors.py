@@ -132,3 +132,14 @@ def test_every_public_error_class_is_covered() -> None:
     classes = {obj for obj in vars(errors).values()
                if isinstance(obj, type) and issubclass(obj, SentinelError) and obj is not SentinelError}
     assert classes == {c[0] for c in CASES}
+
+
+def test_resource_exhausted_carries_retry_info_and_retry_after() -> None:
+    err = ResourceExhausted("slow down", retry_after_seconds=1.2, reason="LOGIN_THROTTLED")
+    status = to_status(err, domain="sentinel.user")
+    info = error_details_pb2.RetryInfo()
+    assert status.details[-1].Unpack(info) and info.retry_delay.seconds == 2  # rounded up, never 0
+    assert err.trailing_metadata() == (("retry-after", "2"),)
+    assert ResourceExhausted("x", retry_after_seconds=0.01).retry_after == 1
+    plain = ResourceExhausted("quota")
+    assert plain.trailing_metadata() == () and len(to_status(plain, domain="d").details) == 1

@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     argon2_parallelism: int = Field(default=4, ge=1)
     password_min_length: int = 12
 
+    # --- brute-force protection (Redis): failures counted per account and per client IP in a
+    # window; at the limit the account (or IP) is locked, the lock doubling with each failure.
+    login_max_failures: int = Field(default=5, ge=1)
+    login_max_failures_per_ip: int = Field(default=50, ge=1)
+    login_failure_window_seconds: int = Field(default=900, ge=1)
+    login_lock_seconds: float = Field(default=30.0, gt=0)
+    login_max_lock_seconds: float = Field(default=3600.0, gt=0)
+
     @model_validator(mode="before")
     @classmethod
     def _resolve_files(cls, data: Any) -> Any:

@@ -5,11 +5,12 @@ Handlers and repositories raise these; only the errors interceptor turns them in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 
@@ -35,6 +36,10 @@ class SentinelError(Exception):
 
     def details(self) -> list[any_pb2.Any]:
         return []
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Extra response metadata (Envoy turns it into HTTP headers for REST clients)."""
+        return ()
 
 
 class InvalidArgument(SentinelError):
@@ -92,6 +97,20 @@ class PermissionDenied(SentinelError):
 class ResourceExhausted(SentinelError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after_seconds: float | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = None if retry_after_seconds is None else max(1, math.ceil(retry_after_seconds))
+
+    def details(self) -> list[any_pb2.Any]:
+        if self.retry_after is None:
+            return []
+        packed = any_pb2.Any()
+        packed.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=self.retry_after)))
+        return [packed]
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return () if self.retry_after is None else (("retry-after", str(self.retry_after)),)
 
 
 class Unavailable(SentinelError):

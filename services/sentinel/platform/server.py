@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sentinel.common.v1 import common_pb2, common_pb2_grpc
-from sentinel.platform import clients, contracts, db, metrics
+from sentinel.platform import clients, contracts, db, kv, metrics
 from sentinel.platform import logging as json_logging
 from sentinel.platform.auth import TokenVerifier, load_public_keys
 from sentinel.platform.config import Settings, get_settings
@@ -134,6 +134,7 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=10)
     await clients.close_all()
+    await kv.close()
     await db.dispose()
     log.info("stopped")
 

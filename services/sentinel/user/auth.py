@@ -13,17 +13,25 @@ import uuid
 from typing import Any
 
 import grpc
-from sqlalchemy import func, select, text, update
+from sqlalchemy import and_, func, or_, select, text, update
 
 from sentinel.common.v1 import common_pb2
-from sentinel.platform import db
+from sentinel.platform import db, kv
 from sentinel.platform.auth import ROLE_BY_NAME, Principal, TokenSigner, TokenVerifier, public_jwk
 from sentinel.platform.calls import require_call
-from sentinel.platform.errors import Aborted, FailedPrecondition, FieldViolation, Unauthenticated, require
+from sentinel.platform.errors import (
+    Aborted,
+    FailedPrecondition,
+    FieldViolation,
+    ResourceExhausted,
+    Unauthenticated,
+    require,
+)
 from sentinel.platform.ids import uuid7
 from sentinel.platform.server import Runtime
 from sentinel.user.models import Session, User
 from sentinel.user.passwords import MAX_PASSWORD, Passwords, check_password
+from sentinel.user.throttle import MESSAGE, LoginThrottle
 from sentinel.user.v1 import user_service_pb2, user_service_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -40,6 +48,7 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
         self.settings = runtime.settings
         self.passwords = passwords
         self.signer = signer
+        self.throttle = LoginThrottle(kv.client(runtime.settings), runtime.settings)
         verifier = runtime.verifier
         assert verifier is not None, "the user service needs SENTINEL_JWT_PUBLIC_KEYS_DIR"
         self.verifier: TokenVerifier = verifier
@@ -61,6 +70,7 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
             violations.append(FieldViolation("login", "a field is too long"))
         require(violations)
         call = require_call()
+        await self.throttle.check(request.tenant, request.email, call.peer_ip)
         async with db.unit_of_work(tenant_id=None, platform=False) as session:
             tenant = (await session.execute(_RESOLVE, {"slug": request.tenant})).first()
         user: User | None = None
@@ -69,12 +79,22 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
                 user = await session.scalar(select(User).where(func.lower(User.email) == request.email.lower()))
         ok = await self.passwords.verify(user.password_hash if user else None, request.password)
         if not ok or user is None or tenant is None:
+            lock_seconds = await self.throttle.failed(request.tenant, request.email, call.peer_ip)
+            if lock_seconds and user is not None:
+                await self._lock(user, lock_seconds)
             raise Unauthenticated(BAD_CREDENTIALS, reason="BAD_CREDENTIALS")
+        await self.throttle.succeeded(request.tenant, request.email)
         # Only a caller who knows the password learns why an account cannot log in.
         if tenant.state != "active":
             raise FailedPrecondition(f"the tenant is {tenant.state}; contact your administrator",
                                      reason="TENANT_NOT_ACTIVE")
-        if user.state != "active":
+        now = dt.datetime.now(dt.UTC)
+        unlock = user.state == "locked" and user.locked_until is not None and user.locked_until <= now
+        if user.state == "locked" and user.locked_until is not None and not unlock:
+            # Same answer as the throttle: the lock outlived its Redis key (e.g. Redis restarted).
+            raise ResourceExhausted(MESSAGE, retry_after_seconds=(user.locked_until - now).total_seconds(),
+                                    reason="LOGIN_THROTTLED")
+        if user.state != "active" and not unlock:
             raise FailedPrecondition(f"the account is {user.state}; contact your administrator",
                                      reason="USER_NOT_ACTIVE")
         session_id, refresh_id = uuid7(), secrets.token_urlsafe(24)
@@ -89,8 +109,19 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
             values: dict[str, Any] = {"last_login_time": func.now()}
             if new_hash:
                 values["password_hash"] = new_hash
+            if unlock:
+                values.update(state="active", locked_until=None)
             await session.execute(update(User).where(User.id == user.id).values(**values))
         return user_service_pb2.LoginResponse(**self._tokens(principal, session_id, refresh_id))
+
+    async def _lock(self, user: User, seconds: float) -> None:
+        """Mark the account LOCKED until the throttle's lock ends (visible to its admins)."""
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+        async with db.unit_of_work(tenant_id=user.tenant_id, platform=False) as session:
+            await session.execute(
+                update(User).where(User.id == user.id, or_(User.state == "active", and_(
+                    User.state == "locked", User.locked_until.is_not(None))))
+                .values(state="locked", locked_until=until, version=User.version + 1, update_time=func.now()))
 
     async def RefreshToken(self, request: user_service_pb2.RefreshTokenRequest,
                            context: Context) -> user_service_pb2.RefreshTokenResponse:

@@ -27,6 +27,8 @@ class User(Base):
     create_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     update_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_login_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set with state 'locked' after repeated failed logins; the next login after it unlocks.
+    locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Session(Base):

@@ -162,6 +162,8 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
             values["role"] = ROLE.text(request.user.role, "user.role")
         if "state" in paths:
             values["state"] = STATE.text(request.user.state, "user.state")
+            # An administrator's lock or unlock replaces a temporary failed-login lock.
+            values["locked_until"] = None
         require(violations)
         if "role" in values:
             check_grant(principal, str(values["role"]), "user.role")

@@ -39,10 +39,11 @@ def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
 
 
 def _peer_ip(context: grpc.aio.ServicerContext[Any, Any], metadata: dict[str, str]) -> str:
-    # Behind Envoy the client address is the first hop of x-forwarded-for (use_remote_address).
+    # Behind Envoy (use_remote_address) the client address is the LAST x-forwarded-for entry:
+    # Envoy appends the peer it saw, and everything before it is whatever the client sent.
     forwarded = metadata.get("x-forwarded-for", "")
     if forwarded:
-        return forwarded.split(",")[0].strip()
+        return forwarded.rsplit(",", 1)[-1].strip()
     peer = context.peer() or ""
     host = peer.split(":", 1)[1] if ":" in peer else peer
     return host.rsplit(":", 1)[0].strip("[]")

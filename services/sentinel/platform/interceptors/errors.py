@@ -34,7 +34,8 @@ class ErrorsInterceptor:
     async def abort(self, call: Call, err: SentinelError) -> None:
         status = to_status(err, domain=self.domain)
         await call.context.abort(err.code, err.message,
-                                 trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),))
+                                 trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),
+                                                    *err.trailing_metadata()))
 
     @contextlib.asynccontextmanager
     async def scope(self, call: Call) -> AsyncIterator[None]:
