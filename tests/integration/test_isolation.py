@@ -21,8 +21,8 @@ from google.protobuf.message import Message
 from sentinel.platform import contracts
 from sentinel.policy.v1 import policy_pb2
 
-from tests.integration.clients import new_request, rest_call, unary
-from tests.integration.conftest import PASSWORD, World
+from tests.integration.clients import Principal, new_request, rest_call, unary
+from tests.integration.conftest import PASSWORD, World, login
 
 pytestmark = pytest.mark.integration
 
@@ -111,6 +111,14 @@ def assert_nothing_of_a(world: World, payload: str, where: str) -> None:
         assert marker not in payload, f"{where} leaked tenant A's {marker}"
 
 
+async def fresh_session(world: World) -> Principal:
+    """B's owner in a session of this test's own: an RPC that ends its session (Logout) or
+    changes it must not disarm the attacker of the next test."""
+    token, user_id = await login(world.channels["user"], world.b.slug, f"owner@{world.b.slug}.example.com",
+                                 PASSWORD)
+    return Principal("bravo-owner", world.b.id, user_id, token)
+
+
 def rpc_id(rpc: contracts.Rpc) -> str:
     return f"{rpc.service.name}.{rpc.method.name}"
 
@@ -121,7 +129,7 @@ async def test_grpc_cross_tenant(world: World, rpc: contracts.Rpc) -> None:
         pytest.skip(f"{rpc.service.full_name} is not implemented yet (health only)")
     before = await a_snapshot(world)
     channel = world.channels[process_of(rpc)]
-    attacker = world.b.owner
+    attacker = await fresh_session(world)
     tokens = [""]
     if "page_token" in rpc.method.input_type.fields_by_name:
         tokens.append(await a_page_token(world, rpc))
@@ -152,12 +160,13 @@ async def test_rest_cross_tenant(world: World, stack: Any, rpc: contracts.Rpc) -
         pytest.skip(f"{rpc.service.full_name} is not implemented yet (health only)")
     before = await a_snapshot(world)
     token = await a_page_token(world, rpc) if "page_token" in rpc.method.input_type.fields_by_name else ""
+    attacker = (await fresh_session(world)).token
     with httpx.Client(base_url=stack.rest_url, timeout=10) as client:
         for rule in rpc.http:
             for page_token in dict.fromkeys(["", token]):
                 request = new_request(rpc)
                 fill(request, world, rpc, page_token)
-                response = rest_call(client, rule, request, world.b.owner.token)
+                response = rest_call(client, rule, request, attacker)
                 where = f"{rule.method} {rule.path}"
                 if rpc.policy.tenant_scope == policy_pb2.TENANT_SCOPE_PLATFORM:
                     assert response.status_code == 403, f"{where}: {response.status_code} {response.text}"

@@ -38,6 +38,8 @@ ROLE_BY_NAME = {v: k for k, v in ROLE_NAMES.items()}
 #: Held by every human role: read and end one's own session (WhoAmI, Logout). Service
 #: principals do not hold it; they have no session and no "self" to describe.
 SESSION_SELF = "session.self"
+#: Clock skew tolerated when checking a token's times.
+TOKEN_LEEWAY_SECONDS = 5
 _READ = {SESSION_SELF, "tenants.read", "users.read"}
 _MANAGE_USERS = _READ | {"users.write", "users.delete", "audit.read", "jobs.read", "jobs.write"}
 #: Role → permissions. Ranks order roles for "cannot grant above your own".
@@ -117,7 +119,7 @@ class TokenVerifier:
     CACHE_SIZE = 4096
 
     def __init__(self, keys: dict[str, Ed25519PublicKey], *, issuer: str, audience: str,
-                 leeway_seconds: int = 5) -> None:
+                 leeway_seconds: int = TOKEN_LEEWAY_SECONDS) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience

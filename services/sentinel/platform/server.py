@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sentinel.common.v1 import common_pb2, common_pb2_grpc
-from sentinel.platform import clients, contracts, db, kv, metrics
+from sentinel.platform import clients, contracts, db, kv, metrics, revocation
 from sentinel.platform import logging as json_logging
 from sentinel.platform.auth import TokenVerifier, load_public_keys
 from sentinel.platform.config import Settings, get_settings
@@ -119,6 +119,13 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
     server, health_servicer = await build_server(spec, runtime)
     metrics.BUILD_INFO.labels(spec.name, settings.version).set(1)
     metrics.serve_metrics(settings.metrics_host, settings.resolved_metrics_port)
+    redis = kv.client(settings)
+    if redis is not None:
+        revocation.revoked.start(redis)
+        try:  # serve only once revoked sessions are known (bounded: Redis may be down)
+            await asyncio.wait_for(revocation.revoked.ready.wait(), timeout=5)
+        except TimeoutError:
+            log.error("revoked sessions not loaded yet (Redis unreachable); serving anyway")
     await server.start()
     log.info("serving", extra={"grpc": f"{settings.grpc_host}:{settings.resolved_grpc_port}",
                                "metrics_port": settings.resolved_metrics_port})
@@ -134,6 +141,7 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=10)
     await clients.close_all()
+    await revocation.revoked.stop()
     await kv.close()
     await db.dispose()
     log.info("stopped")

@@ -16,8 +16,14 @@ import grpc
 from sqlalchemy import and_, func, or_, select, text, update
 
 from sentinel.common.v1 import common_pb2
-from sentinel.platform import db, kv
-from sentinel.platform.auth import ROLE_BY_NAME, Principal, TokenSigner, TokenVerifier, public_jwk
+from sentinel.platform import db, kv, revocation
+from sentinel.platform.auth import (
+    ROLE_BY_NAME,
+    Principal,
+    TokenSigner,
+    TokenVerifier,
+    public_jwk,
+)
 from sentinel.platform.calls import require_call
 from sentinel.platform.errors import (
     Aborted,
@@ -149,6 +155,8 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
             else:
                 row.refresh_token_hash = _hash(new_refresh_id)
                 row.last_refresh_time = dt.datetime.now(dt.UTC)
+        if reused:
+            await revocation.announce(self.settings, [session_id])
         if reused or user is None:
             raise invalid
         principal = Principal(str(user.id), user.tenant_id, user.role, session_id=str(session_id))
@@ -164,6 +172,7 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
                     update(Session).where(Session.id == uuid.UUID(principal.session_id),
                                           Session.revoke_time.is_(None))
                     .values(revoke_time=func.now()))
+            await revocation.announce(self.settings, [principal.session_id])
         return user_service_pb2.LogoutResponse()
 
     async def ChangePassword(self, request: user_service_pb2.ChangePasswordRequest,
@@ -196,8 +205,10 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
             others = [Session.user_id == user_id, Session.revoke_time.is_(None)]
             if principal.session_id:
                 others.append(Session.id != uuid.UUID(principal.session_id))
-            revoked = await session.execute(update(Session).where(*others).values(revoke_time=func.now()))
-        return user_service_pb2.ChangePasswordResponse(revoked_sessions=revoked.rowcount)  # type: ignore[attr-defined]
+            revoked = list(await session.scalars(
+                update(Session).where(*others).values(revoke_time=func.now()).returning(Session.id)))
+        await revocation.announce(self.settings, revoked)
+        return user_service_pb2.ChangePasswordResponse(revoked_sessions=len(revoked))
 
     async def WhoAmI(self, request: user_service_pb2.WhoAmIRequest,
                      context: Context) -> user_service_pb2.WhoAmIResponse:

@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sentinel.common.v1 import common_pb2
-from sentinel.platform import clients, db
+from sentinel.platform import clients, db, revocation
 from sentinel.platform.auth import PLATFORM_TENANT_ID, RANK, Principal, TokenSigner
 from sentinel.platform.calls import require_call
 from sentinel.platform.convert import EnumText, timestamp, update_paths
@@ -28,7 +28,7 @@ from sentinel.platform.server import Runtime, ServiceSpec
 from sentinel.platform.validation import email as check_email
 from sentinel.platform.validation import text as check_text
 from sentinel.tenant.v1 import tenant_pb2, tenant_service_pb2, tenant_service_pb2_grpc
-from sentinel.user.models import User
+from sentinel.user.models import Session, User
 from sentinel.user.passwords import Passwords, check_password
 from sentinel.user.v1 import user_pb2, user_service_pb2, user_service_pb2_grpc
 
@@ -212,6 +212,23 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
             await session.execute(delete(User).where(User.id == user_id))
         return user_service_pb2.DeleteUserResponse()
 
+    async def RevokeUserSessions(self, request: user_service_pb2.RevokeUserSessionsRequest,
+                                 context: Context) -> user_service_pb2.RevokeUserSessionsResponse:
+        principal = require_call().principal
+        assert principal is not None
+        user_id = parse_uuid(request.id, "id")
+        async with db.unit_of_work() as session:
+            row = await session.get(User, user_id)
+            if row is None:
+                raise not_found(user_id)
+            if RANK.get(row.role, 0) > RANK.get(principal.role, 0):
+                raise PermissionDenied("you cannot end the sessions of a user whose role is above yours",
+                                       reason="TARGET_ABOVE_CALLER")
+            revoked = list(await session.scalars(
+                update(Session).where(Session.user_id == user_id, Session.revoke_time.is_(None))
+                .values(revoke_time=func.now()).returning(Session.id)))
+        await revocation.announce(self.settings, revoked)
+        return user_service_pb2.RevokeUserSessionsResponse(revoked_sessions=len(revoked))
 
 
 def spec() -> ServiceSpec:

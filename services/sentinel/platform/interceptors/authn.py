@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+from sentinel.platform import revocation
 from sentinel.platform.auth import TokenVerifier, bearer_token
 from sentinel.platform.calls import Call
 from sentinel.platform.errors import Unauthenticated
@@ -30,5 +31,9 @@ class AuthnInterceptor:
         elif not public:
             if self.verifier is None:
                 raise Unauthenticated("token verification is not configured", reason="TOKEN_INVALID")
-            call.principal = self.verifier.verify(token)
+            principal = self.verifier.verify(token)
+            if principal.session_id and revocation.revoked.is_revoked(principal.session_id):
+                raise Unauthenticated("this session has ended (logged out or revoked); log in again",
+                                      reason="SESSION_REVOKED")
+            call.principal = principal
         yield

@@ -59,6 +59,11 @@ class UserServiceStub:
                 request_serializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.DeleteUserRequest.SerializeToString,
                 response_deserializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.DeleteUserResponse.FromString,
                 _registered_method=True)
+        self.RevokeUserSessions = channel.unary_unary(
+                '/sentinel.user.v1.UserService/RevokeUserSessions',
+                request_serializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.RevokeUserSessionsRequest.SerializeToString,
+                response_deserializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.RevokeUserSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class UserServiceServicer:
@@ -104,6 +109,15 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeUserSessions(self, request, context):
+        """Ends every session of a user: refresh tokens stop at once, access tokens are refused by every
+        service within a second. Not for users whose role is above the caller's.
+        Errors: NOT_FOUND, PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +145,11 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.DeleteUser,
                     request_deserializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.DeleteUserRequest.FromString,
                     response_serializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.DeleteUserResponse.SerializeToString,
+            ),
+            'RevokeUserSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeUserSessions,
+                    request_deserializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.RevokeUserSessionsRequest.FromString,
+                    response_serializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.RevokeUserSessionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +287,33 @@ class UserService:
             '/sentinel.user.v1.UserService/DeleteUser',
             sentinel_dot_user_dot_v1_dot_user__service__pb2.DeleteUserRequest.SerializeToString,
             sentinel_dot_user_dot_v1_dot_user__service__pb2.DeleteUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeUserSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentinel.user.v1.UserService/RevokeUserSessions',
+            sentinel_dot_user_dot_v1_dot_user__service__pb2.RevokeUserSessionsRequest.SerializeToString,
+            sentinel_dot_user_dot_v1_dot_user__service__pb2.RevokeUserSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

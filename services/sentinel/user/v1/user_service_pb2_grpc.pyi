@@ -49,6 +49,11 @@ class UserServiceStub:
     """Deletes a user. The last owner of a tenant cannot be deleted, nor can callers delete themselves.
     Errors: NOT_FOUND, ABORTED (stale etag), FAILED_PRECONDITION, PERMISSION_DENIED.
     """
+    RevokeUserSessions: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.RevokeUserSessionsRequest, _user_service_pb2.RevokeUserSessionsResponse]
+    """Ends every session of a user: refresh tokens stop at once, access tokens are refused by every
+    service within a second. Not for users whose role is above the caller's.
+    Errors: NOT_FOUND, PERMISSION_DENIED.
+    """
 
 @_typing.type_check_only
 class UserServiceAsyncStub(UserServiceStub):
@@ -70,6 +75,11 @@ class UserServiceAsyncStub(UserServiceStub):
     DeleteUser: _aio.UnaryUnaryMultiCallable[_user_service_pb2.DeleteUserRequest, _user_service_pb2.DeleteUserResponse]  # type: ignore[assignment]
     """Deletes a user. The last owner of a tenant cannot be deleted, nor can callers delete themselves.
     Errors: NOT_FOUND, ABORTED (stale etag), FAILED_PRECONDITION, PERMISSION_DENIED.
+    """
+    RevokeUserSessions: _aio.UnaryUnaryMultiCallable[_user_service_pb2.RevokeUserSessionsRequest, _user_service_pb2.RevokeUserSessionsResponse]  # type: ignore[assignment]
+    """Ends every session of a user: refresh tokens stop at once, access tokens are refused by every
+    service within a second. Not for users whose role is above the caller's.
+    Errors: NOT_FOUND, PERMISSION_DENIED.
     """
 
 class UserServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -119,6 +129,17 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_user_service_pb2.DeleteUserResponse, _abc.Awaitable[_user_service_pb2.DeleteUserResponse]]:
         """Deletes a user. The last owner of a tenant cannot be deleted, nor can callers delete themselves.
         Errors: NOT_FOUND, ABORTED (stale etag), FAILED_PRECONDITION, PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeUserSessions(
+        self,
+        request: _user_service_pb2.RevokeUserSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_service_pb2.RevokeUserSessionsResponse, _abc.Awaitable[_user_service_pb2.RevokeUserSessionsResponse]]:
+        """Ends every session of a user: refresh tokens stop at once, access tokens are refused by every
+        service within a second. Not for users whose role is above the caller's.
+        Errors: NOT_FOUND, PERMISSION_DENIED.
         """
 
 def add_UserServiceServicer_to_server(servicer: UserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
