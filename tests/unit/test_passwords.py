@@ -86,3 +86,23 @@ async def test_bcrypt_edge_cases_fail_closed(passwords: pw.Passwords) -> None:
     assert not await passwords.verify(stored, "a" * 72 + "anything")
     assert not await passwords.verify("$2b$04$not-a-real-hash", "whatever")
     assert not await passwords.verify(None, "whatever")  # unknown account: still one slow verify
+
+
+async def test_unknown_accounts_cost_a_full_verification() -> None:
+    """With production argon2 parameters a miss must not be measurably faster than a real check."""
+    import time
+
+    passwords = pw.Passwords(Settings())
+    stored = await passwords.hash("correct horse battery staple")
+
+    async def timed(stored_hash: str | None) -> float:
+        start = time.perf_counter()
+        assert not await passwords.verify(stored_hash, "wrong guess")
+        return time.perf_counter() - start
+
+    real, missing = [], []
+    for _ in range(3):  # interleaved, medians: noise hits both alike
+        real.append(await timed(stored))
+        missing.append(await timed(None))
+    ratio = sorted(missing)[1] / sorted(real)[1]
+    assert 0.5 < ratio < 2.0, (real, missing)  # a skipped hash would be ~1000x faster

@@ -79,10 +79,10 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
         await self.throttle.check(request.tenant, request.email, call.peer_ip)
         async with db.unit_of_work(tenant_id=None, platform=False) as session:
             tenant = (await session.execute(_RESOLVE, {"slug": request.tenant})).first()
-        user: User | None = None
-        if tenant is not None:
-            async with db.unit_of_work(tenant_id=tenant.id, platform=False) as session:
-                user = await session.scalar(select(User).where(func.lower(User.email) == request.email.lower()))
+        # The user lookup runs for an unknown tenant too (bound to no tenant, RLS finds nothing),
+        # so the time taken does not tell which tenant slugs exist.
+        async with db.unit_of_work(tenant_id=tenant.id if tenant else None, platform=False) as session:
+            user = await session.scalar(select(User).where(func.lower(User.email) == request.email.lower()))
         ok = await self.passwords.verify(user.password_hash if user else None, request.password)
         if not ok or user is None or tenant is None:
             lock_seconds = await self.throttle.failed(request.tenant, request.email, call.peer_ip)
