@@ -38,6 +38,8 @@ def stack() -> Iterator[Stack]:
         "SENTINEL_ARGON2_PARALLELISM": "1",
         # Short failed-login locks so the tests can watch one expire.
         "SENTINEL_LOGIN_LOCK_SECONDS": "2",
+        # Tests fill the free tenants A and B freely; the standard plan is the one with a low limit.
+        "SENTINEL_PLAN_MAX_USERS": '{"free": 1000, "standard": 3}',
     }
     with temporary_stack(env=env, echo=sys.stderr) as s:
         yield s

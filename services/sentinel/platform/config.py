@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     argon2_parallelism: int = Field(default=4, ge=1)
     password_min_length: int = 12
 
+    # --- plan limits: users per tenant by plan (JSON, e.g. {"free": 10}); a plan not listed is unlimited
+    plan_max_users: dict[str, int] = Field(default_factory=lambda: {"free": 10, "standard": 250,
+                                                                    "enterprise": 100_000})
+
     # --- brute-force protection (Redis): failures counted per account and per client IP in a
     # window; at the limit the account (or IP) is locked, the lock doubling with each failure.
     login_max_failures: int = Field(default=5, ge=1)

@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from sentinel.common.v1 import common_pb2
 from sentinel.platform import clients, db, revocation
 from sentinel.platform.auth import PLATFORM_TENANT_ID, RANK, Principal, TokenSigner
 from sentinel.platform.calls import require_call
+from sentinel.platform.config import Settings
 from sentinel.platform.convert import EnumText, timestamp, update_paths
 from sentinel.platform.errors import (
     AlreadyExists,
@@ -20,6 +21,7 @@ from sentinel.platform.errors import (
     FieldViolation,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     require,
 )
 from sentinel.platform.ids import parse_uuid, uuid7
@@ -61,7 +63,7 @@ def check_grant(principal: Principal, role: str, field: str) -> None:
                                reason="ROLE_ABOVE_CALLER", metadata={"field": field})
 
 
-async def require_active_tenant(tenant_addr: str) -> None:
+async def require_active_tenant(tenant_addr: str) -> tenant_pb2.Tenant:
     """Ask TenantService (over gRPC, as the caller) whether the call's tenant accepts writes."""
     call = require_call()
     stub = tenant_service_pb2_grpc.TenantServiceStub(clients.channel(tenant_addr))
@@ -74,6 +76,23 @@ async def require_active_tenant(tenant_addr: str) -> None:
         raise
     if reply.tenant.state != tenant_pb2.TENANT_STATE_ACTIVE:
         raise FailedPrecondition("the tenant is not active", reason="TENANT_NOT_ACTIVE")
+    return reply.tenant
+
+
+#: Serialises user creation per tenant so that concurrent creates cannot overshoot the plan limit.
+_USERS_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('sentinel.users:' || :tenant))")
+
+
+async def enforce_user_limit(session: Any, settings: Settings, tenant: tenant_pb2.Tenant) -> None:
+    plan = tenant_pb2.TenantPlan.Name(tenant.plan).removeprefix("TENANT_PLAN_").lower()
+    limit = settings.plan_max_users.get(plan)
+    if limit is None:
+        return
+    await session.execute(_USERS_LOCK, {"tenant": tenant.id})
+    count = int(await session.scalar(select(func.count()).select_from(User)) or 0)
+    if count >= limit:
+        raise ResourceExhausted(f"the tenant's plan '{plan}' allows {limit} users and it has {count}; "
+                                "remove users or change the plan", reason="PLAN_USER_LIMIT")
 
 
 async def owners_left(session: Any, excluding: Any) -> int:
@@ -101,12 +120,13 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
         role = ROLE.text(request.role, "role", default="member")
         require(violations)
         check_grant(call.principal, role, "role")
-        await require_active_tenant(self.settings.tenant_addr)
+        tenant = await require_active_tenant(self.settings.tenant_addr)
         password_hash = await self.passwords.hash(request.password)
         row = User(id=uuid7(), tenant_id=call.tenant_id, email=request.email,
                    display_name=request.display_name, role=role, state="active",
                    password_hash=password_hash, version=1)
         async with db.unit_of_work() as session:
+            await enforce_user_limit(session, self.settings, tenant)
             session.add(row)
             try:
                 await session.flush()
