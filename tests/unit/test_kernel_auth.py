@@ -359,3 +359,39 @@ def test_signer_from_file_rejects_non_ed25519(tmp_path: Path) -> None:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     with pytest.raises(ValueError, match="not an Ed25519"):
         TokenSigner.from_file(path, issuer=ISS, audience=AUD)
+
+
+def test_key_rotation_without_restart(tmp_path: Path) -> None:
+    import shutil
+
+    from sentinel.platform.keys import generate_signing_key
+
+    live, staging = tmp_path / "live", tmp_path / "staging"
+    old_kid, new_kid = generate_signing_key(live, kid="old"), generate_signing_key(staging, kid="new")
+    verifier = TokenVerifier.from_directory(live / "public", issuer=ISS, audience=AUD, reload_seconds=0.05)
+    old = TokenSigner.from_file(live / f"{old_kid}.key.pem", issuer=ISS, audience=AUD)
+    new = TokenSigner.from_file(staging / f"{new_kid}.key.pem", issuer=ISS, audience=AUD)
+    who = Principal("u", uuid.uuid4(), "member", session_id="s")
+    old_token, new_token = old.sign(who, ttl_seconds=60), new.sign(who, ttl_seconds=60)
+    assert verifier.verify(old_token).subject == "u"
+    with pytest.raises(Unauthenticated):
+        verifier.verify(new_token)  # not distributed yet
+
+    # Step 1: distribute the new public key; it is accepted and published, the old one still works.
+    shutil.copy(staging / "public" / f"{new_kid}.pub.pem", live / "public")
+    time.sleep(0.06)
+    assert set(verifier.keys) == {"old", "new"}
+    assert verifier.verify(new_token).subject == "u"
+    assert verifier.verify(old_token).subject == "u"
+
+    # Step 3 (after the old tokens expired): remove the old key; it stops verifying, even cached.
+    (live / "public" / f"{old_kid}.pub.pem").unlink()
+    time.sleep(0.06)
+    with pytest.raises(Unauthenticated):
+        verifier.verify(old_token)
+    assert set(verifier.keys) == {"new"}
+
+    # A broken directory (all keys gone) keeps the last good set rather than refusing everyone.
+    (live / "public" / f"{new_kid}.pub.pem").unlink()
+    time.sleep(0.06)
+    assert verifier.verify(new_token).subject == "u"

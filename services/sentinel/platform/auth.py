@@ -6,6 +6,7 @@ Every service verifies tokens itself (defence in depth behind Envoy's ``jwt_auth
 from __future__ import annotations
 
 import base64
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from sentinel.common.v1 import common_pb2
 from sentinel.platform.errors import Unauthenticated
 
 ALGORITHM = "EdDSA"
+log = logging.getLogger("sentinel.auth")
 #: The reserved tenant that holds platform administrators (created by the first migration).
 PLATFORM_TENANT_ID = uuid.UUID("00000000-0000-7000-8000-000000000001")
 PLATFORM_TENANT_SLUG = "platform"
@@ -119,18 +121,46 @@ class TokenVerifier:
     CACHE_SIZE = 4096
 
     def __init__(self, keys: dict[str, Ed25519PublicKey], *, issuer: str, audience: str,
-                 leeway_seconds: int = TOKEN_LEEWAY_SECONDS) -> None:
+                 leeway_seconds: int = TOKEN_LEEWAY_SECONDS, directory: Path | None = None,
+                 reload_seconds: float = 10.0) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
         self._cache: OrderedDict[tuple[str, str], tuple[Principal, float]] = OrderedDict()
+        # Key rotation without restarts: the directory is read again every reload_seconds, so a
+        # new public key is accepted (and published in the JWKS) and a removed one refused.
+        self._directory = directory
+        self._reload_seconds = reload_seconds
+        self._loaded_at = time.monotonic()
+
+    @classmethod
+    def from_directory(cls, directory: Path, **kw: Any) -> TokenVerifier:
+        return cls(load_public_keys(directory), directory=directory, **kw)
+
+    def reload_if_due(self) -> None:
+        if self._directory is None or time.monotonic() - self._loaded_at < self._reload_seconds:
+            return
+        self._loaded_at = time.monotonic()
+        try:
+            keys = load_public_keys(self._directory)
+        except (OSError, ValueError) as e:  # a half-copied or emptied directory: keep the old keys
+            log.error("public keys not reloaded", extra={"error": str(e)})
+            return
+        if keys.keys() != self._keys.keys():
+            log.info("public keys reloaded", extra={"kids": sorted(keys)})
+            # A removed key must stop verifying at once, cached tokens included.
+            if set(self._keys) - set(keys):
+                self._cache.clear()
+        self._keys = keys
 
     @property
     def keys(self) -> dict[str, Ed25519PublicKey]:
+        self.reload_if_due()
         return dict(self._keys)
 
     def verify(self, token: str, *, use: str = "access") -> Principal:
+        self.reload_if_due()  # a clock check per call; the directory is read every reload_seconds
         key = (token, use)
         hit = self._cache.get(key)
         if hit is not None:

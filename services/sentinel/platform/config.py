@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     jwt_public_keys_dir: Path | None = None
     # Ed25519 private key <kid>.key.pem used to sign; only the user service needs it.
     jwt_signing_key_file: Path | None = None
+    # How often (at most) the public key directory is read again for rotated keys.
+    jwt_keys_reload_seconds: float = Field(default=10.0, gt=0)
     access_token_ttl_seconds: int = 600
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     # Secret for signing page tokens (32+ bytes); give it as SENTINEL_PAGE_TOKEN_SECRET_FILE.

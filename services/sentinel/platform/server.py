@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from sentinel.common.v1 import common_pb2, common_pb2_grpc
 from sentinel.platform import clients, contracts, db, kv, metrics, revocation
 from sentinel.platform import logging as json_logging
-from sentinel.platform.auth import TokenVerifier, load_public_keys
+from sentinel.platform.auth import TokenVerifier
 from sentinel.platform.config import Settings, get_settings
 from sentinel.platform.health import HealthApi, SelfStatus, database_check, peer_check
 from sentinel.platform.interceptors import default_chain
@@ -77,8 +77,9 @@ def check_contracts(spec: ServiceSpec) -> None:
 def make_runtime(settings: Settings) -> Runtime:
     verifier = None
     if settings.jwt_public_keys_dir is not None:
-        verifier = TokenVerifier(load_public_keys(settings.jwt_public_keys_dir),
-                                 issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+        verifier = TokenVerifier.from_directory(settings.jwt_public_keys_dir, issuer=settings.jwt_issuer,
+                                                audience=settings.jwt_audience,
+                                                reload_seconds=settings.jwt_keys_reload_seconds)
     secret = settings.page_token_secret.get_secret_value()
     if not secret:
         raise RuntimeError("SENTINEL_PAGE_TOKEN_SECRET (or _FILE) is not set")
