@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import pwd
 import secrets
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -393,7 +394,8 @@ class Stack:
         procs = {n: self._spawn(n, [sys.executable, "-m", "sentinel", "serve", n], env=self.service_env(n))
                  for n in SERVICES}
         for n, proc in procs.items():
-            self._wait(lambda n=n: self._grpc_serving(self.service_target(n)), proc, timeout, f"{n} service")
+            target = self.service_target(n)
+            self._wait(functools.partial(self._grpc_serving, target), proc, timeout, f"{n} service")
 
     @staticmethod
     def _grpc_serving(target: str) -> bool:
@@ -430,8 +432,7 @@ class Stack:
         except OSError:
             return False
 
-    def _wait(self, ready: object, proc: Proc, timeout: float, what: str) -> None:
-        assert callable(ready)
+    def _wait(self, ready: Callable[[], bool], proc: Proc, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive(proc)
