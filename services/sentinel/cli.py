@@ -44,6 +44,27 @@ def _admin_bootstrap(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_purge_tenants(ns: argparse.Namespace) -> int:
+    from sentinel.platform import db, kv
+    from sentinel.platform.config import get_settings
+    from sentinel.tenant.purge import purge_due
+
+    async def run() -> int:
+        settings = get_settings()
+        db.init(settings)
+        try:
+            report = await purge_due(settings, batch=ns.batch)
+        finally:
+            await kv.close()
+            await db.dispose()
+        print(f"purged {len(report.tenants)} tenant(s), {report.rows} row(s) deleted")
+        for tenant_id in report.tenants:
+            print(f"  {tenant_id}")
+        return 0
+
+    return asyncio.run(run())
+
+
 def _admin_keygen(ns: argparse.Namespace) -> int:
     from sentinel.platform.keys import generate_signing_key
 
@@ -87,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = admin.add_parser("bootstrap", help="ensure the platform administrator exists")
     p.add_argument("--email", default="", help="default SENTINEL_BOOTSTRAP_ADMIN_EMAIL")
     p.set_defaults(func=_admin_bootstrap)
+
+    p = admin.add_parser("purge-tenants", help="purge tenants whose deletion grace period has passed")
+    p.add_argument("--batch", type=int, default=1000, help="rows deleted per transaction")
+    p.set_defaults(func=_admin_purge_tenants)
 
     p = admin.add_parser("keygen", help="create an Ed25519 token-signing key pair (for rotation)")
     p.add_argument("directory", type=Path, help="key directory; public keys go to DIRECTORY/public")

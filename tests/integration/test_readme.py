@@ -29,6 +29,12 @@ def api_examples() -> str:
     return "\n".join(blocks)
 
 
+def outputs_of(text: str, chunks: list[str], needle: str) -> str:
+    """The output of the (first) README command containing ``needle``."""
+    outputs = dict(re.findall(r"^=== (\d+)\n(.*?)(?=^=== |\Z)", text, flags=re.M | re.S))
+    return outputs[str(next(i for i, c in enumerate(chunks) if needle in c))]
+
+
 def test_readme_api_examples_work_as_written(stack: Any) -> None:
     if shutil.which("curl") is None:
         missing_tool("curl is needed to run the README examples")
@@ -47,8 +53,13 @@ def test_readme_api_examples_work_as_written(stack: Any) -> None:
     assert '"slug":"acme"' in text and '"display_name":"Acme Corporation"' in text
     assert '"email":"dev@acme.example"' in text
     assert "HTTP/1.1 404" in text  # the owner asking for the platform tenant
+    # The lifecycle walk: suspended (the owner is refused, with the reason), pending deletion, restored.
+    assert '"state":"TENANT_STATE_SUSPENDED"' in text
+    assert "your tenant is suspended (invoice 2026-117 overdue)" in text
+    assert '"state":"TENANT_STATE_PENDING_DELETION"' in text
+    restored = outputs_of(text, chunks, ":restore")
+    assert '"state":"TENANT_STATE_ACTIVE"' in restored and "purge_time" not in restored
     assert '"keys":[' in text and '"status"' in text
     # The owner's tenant list holds acme only.
-    outputs = dict(re.findall(r"^=== (\d+)\n(.*?)(?=^=== |\Z)", text, flags=re.M | re.S))
-    owner_list = outputs[str(next(i for i, c in enumerate(chunks) if "# only acme" in c))]
+    owner_list = outputs_of(text, chunks, "# only acme")
     assert '"slug":"acme"' in owner_list and '"slug":"platform"' not in owner_list

@@ -110,8 +110,12 @@ def test_tenant_and_user_lifecycle(http: httpx.Client, admin_headers: dict[str, 
     gone = http.get(f"/api/v1/users/{mid}", headers=owner_headers)
     assert gone.status_code == 404 and gone.json()["code"] == 5 and mid in gone.json()["message"]
 
+    # DELETE starts the grace period (issue 2): the tenant is pending deletion and its users are out.
     assert http.delete(f"/api/v1/tenants/{tid}", headers=admin_headers).status_code == 200
-    assert http.get(f"/api/v1/tenants/{tid}", headers=admin_headers).status_code == 404
+    pending = http.get(f"/api/v1/tenants/{tid}", headers=admin_headers).json()["tenant"]
+    assert pending["state"] == "TENANT_STATE_PENDING_DELETION" and pending["purge_time"] > pending["delete_time"]
+    refused = http.get("/api/v1/users", headers=owner_headers)
+    assert refused.status_code == 400 and "pending deletion" in refused.json()["message"], refused.text
 
 
 def test_pagination_walks_every_row_once(http: httpx.Client, admin_headers: dict[str, str]) -> None:

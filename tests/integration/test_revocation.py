@@ -12,7 +12,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 from sentinel.common.v1 import common_pb2
-from sentinel.platform.revocation import RevocationList, publish
+from sentinel.platform.revocation import AccessFeed, publish
 from sentinel.tenant.v1 import tenant_service_pb2 as tsp
 from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
 from sentinel.user.v1 import user_service_pb2 as usp
@@ -110,18 +110,18 @@ async def test_a_restarted_service_loads_earlier_revocations(stack: Any) -> None
     redis = Redis.from_url(stack.redis_url)
     sid = str(uuid.uuid4())
     await publish(redis, [sid], ttl_seconds=30)
-    fresh = RevocationList()  # what a service starting now would build
+    fresh = AccessFeed()  # what a service starting now would build
     fresh.start(redis)
     try:
         await asyncio.wait_for(fresh.ready.wait(), 5)
-        assert fresh.is_revoked(sid) and not fresh.is_revoked(str(uuid.uuid4()))
+        assert fresh.sessions.is_revoked(sid) and not fresh.sessions.is_revoked(str(uuid.uuid4()))
         later = str(uuid.uuid4())
         await publish(redis, [later], ttl_seconds=30)  # and follows the feed afterwards
         for _ in range(50):
-            if fresh.is_revoked(later):
+            if fresh.sessions.is_revoked(later):
                 break
             await asyncio.sleep(0.02)
-        assert fresh.is_revoked(later)
+        assert fresh.sessions.is_revoked(later)
     finally:
         await fresh.stop()
         await redis.aclose()

@@ -41,7 +41,10 @@ async def test_catalog_lint(owner: asyncpg.Connection) -> None:
     tables = await owner.fetch("""
         SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, pg_get_userbyid(c.relowner) AS owner,
                EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id'
-                       AND NOT a.attisdropped) AS has_tenant_id
+                       AND NOT a.attisdropped) AS has_tenant_id,
+               EXISTS (SELECT 1 FROM pg_trigger g JOIN pg_proc f ON f.oid = g.tgfoid
+                       WHERE g.tgrelid = c.oid AND f.proname = 'sentinel_keep_tenant_id'
+                       AND g.tgenabled <> 'D') AS keeps_tenant
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname <> 'alembic_version'""")
     assert {t["relname"] for t in tables} >= {"tenants", "users", "sessions", "idempotency_keys"}
@@ -50,6 +53,8 @@ async def test_catalog_lint(owner: asyncpg.Connection) -> None:
         if t["has_tenant_id"] or t["relname"] == "tenants":
             if not (t["relrowsecurity"] and t["relforcerowsecurity"]):
                 problems.append(f"{t['relname']}: RLS not enabled and forced")
+            if t["has_tenant_id"] and not t["keeps_tenant"]:
+                problems.append(f"{t['relname']}: tenant_id can change (no sentinel_keep_tenant_id trigger)")
         else:
             problems.append(f"{t['relname']}: no tenant_id column; every table must be tenant-scoped")
         if t["owner"] == APP_ROLE:
@@ -120,8 +125,9 @@ async def test_reads_and_writes_stay_in_tenant(owner: asyncpg.Connection, app: a
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await in_tenant(app, b, "INSERT INTO users (id, tenant_id, email, role, password_hash) "
                                 "VALUES ($1, $2, 'x@example.com', 'member', 'x')", uuid.uuid4(), a)
-    # Moving A's user into B from A's side is refused too.
-    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+    # Moving A's user into B from A's side is refused too: by the trigger that keeps every
+    # row's tenant (it fires before RLS's WITH CHECK, and binds roles that bypass RLS as well).
+    with pytest.raises(asyncpg.CheckViolationError, match="tenant of a users row cannot change"):
         await in_tenant(app, a, "UPDATE users SET tenant_id = $2 WHERE id = $1", user_a, b)
     row = await in_tenant(app, a, "SELECT display_name, tenant_id FROM users WHERE id = $1", user_a)
     assert row[0]["tenant_id"] == a and row[0]["display_name"] == ""

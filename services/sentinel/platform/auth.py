@@ -52,7 +52,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "owner": frozenset(_MANAGE_USERS | {"tenants.write", "audit.export"}),
     "platform_admin": frozenset(
         _MANAGE_USERS
-        | {"tenants.write", "tenants.create", "tenants.delete", "audit.export", "jobs.admin"}
+        | {"tenants.write", "tenants.create", "tenants.delete", "tenants.suspend", "audit.export", "jobs.admin"}
     ),
     # Other Sentinel services calling internal RPCs.
     "service": frozenset({"audit.append", "tenants.read"}),

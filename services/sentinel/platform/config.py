@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     plan_max_users: dict[str, int] = Field(default_factory=lambda: {"free": 10, "standard": 250,
                                                                     "enterprise": 100_000})
 
+    # --- tenant lifecycle: days between DeleteTenant and the purge (RestoreTenant undoes it until then)
+    tenant_deletion_grace_days: float = Field(default=30.0, ge=0)
+    # Every service re-reads the non-active tenants from Postgres this often, in case a state
+    # change announced over Redis was missed (it is applied at once when it is not).
+    tenant_states_resync_seconds: float = Field(default=30.0, gt=0)
+
     # --- brute-force protection (Redis): failures counted per account and per client IP in a
     # window; at the limit the account (or IP) is locked, the lock doubling with each failure.
     login_max_failures: int = Field(default=5, ge=1)

@@ -121,10 +121,14 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
     metrics.BUILD_INFO.labels(spec.name, settings.version).set(1)
     metrics.serve_metrics(settings.metrics_host, settings.resolved_metrics_port)
     redis = kv.client(settings)
+    read_tenants = revocation.read_blocked_tenants if spec.needs_database else None
+    if read_tenants is not None:  # blocked tenants are known before the first call, Redis or not
+        await revocation.tenants.reload(read_tenants)
+    revocation.feed.start(redis, read_tenants=read_tenants,
+                          resync_seconds=settings.tenant_states_resync_seconds)
     if redis is not None:
-        revocation.revoked.start(redis)
         try:  # serve only once revoked sessions are known (bounded: Redis may be down)
-            await asyncio.wait_for(revocation.revoked.ready.wait(), timeout=5)
+            await asyncio.wait_for(revocation.feed.ready.wait(), timeout=5)
         except TimeoutError:
             log.error("revoked sessions not loaded yet (Redis unreachable); serving anyway")
     await server.start()
@@ -142,7 +146,7 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=10)
     await clients.close_all()
-    await revocation.revoked.stop()
+    await revocation.feed.stop()
     await kv.close()
     await db.dispose()
     log.info("stopped")

@@ -23,3 +23,7 @@ class Tenant(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     create_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     update_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    suspension_reason: Mapped[str] = mapped_column(String(500), default="")
+    delete_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    purge_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    purge_complete_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

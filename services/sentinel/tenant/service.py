@@ -6,13 +6,15 @@ rows invisible here, so "not yours" and "does not exist" are the same NOT_FOUND.
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import grpc
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from sentinel.platform import db
+from sentinel.platform import db, revocation
 from sentinel.platform.auth import PLATFORM_TENANT_ID
 from sentinel.platform.calls import require_call
 from sentinel.platform.convert import EnumText, timestamp, update_paths
@@ -44,6 +46,8 @@ def to_proto(row: Tenant) -> tenant_pb2.Tenant:
         id=str(row.id), slug=row.slug, display_name=row.display_name, plan=PLAN.value(row.plan),
         state=STATE.value(row.state), create_time=timestamp(row.create_time),
         update_time=timestamp(row.update_time), etag=etag(row.id, row.version),
+        suspension_reason=row.suspension_reason, delete_time=timestamp(row.delete_time),
+        purge_time=timestamp(row.purge_time),
     )
 
 
@@ -54,6 +58,7 @@ def not_found(tenant_id: object) -> NotFound:
 class TenantApi(tenant_service_pb2_grpc.TenantServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.page_tokens = runtime.page_tokens
+        self.settings = runtime.settings
 
     async def CreateTenant(self, request: tenant_service_pb2.CreateTenantRequest,
                            context: Context) -> tenant_service_pb2.CreateTenantResponse:
@@ -132,16 +137,92 @@ class TenantApi(tenant_service_pb2_grpc.TenantServiceServicer):
 
     async def DeleteTenant(self, request: tenant_service_pb2.DeleteTenantRequest,
                            context: Context) -> tenant_service_pb2.DeleteTenantResponse:
-        tenant_id = parse_uuid(request.id, "id")
+        grace = dt.timedelta(days=self.settings.tenant_deletion_grace_days)
+
+        def pending_deletion(row: Tenant) -> dict[str, object] | None:
+            if row.state == "pending_deletion":
+                return None  # already requested: keep the first purge time
+            if row.state == "deleted":
+                raise FailedPrecondition(f"tenant {row.id} is already deleted", reason="TENANT_DELETED")
+            return {"state": "pending_deletion", "delete_time": func.now(), "purge_time": func.now() + grace}
+
+        row = await self._transition(request.id, request.etag, pending_deletion)
+        return tenant_service_pb2.DeleteTenantResponse(tenant=to_proto(row))
+
+    async def SuspendTenant(self, request: tenant_service_pb2.SuspendTenantRequest,
+                            context: Context) -> tenant_service_pb2.SuspendTenantResponse:
+        violations: list[FieldViolation] = []
+        check_text("reason", request.reason, min_len=1, max_len=500, out=violations)
+        require(violations)
+
+        def suspended(row: Tenant) -> dict[str, object] | None:
+            if row.state == "suspended":
+                return None
+            if row.state != "active":
+                raise self._not_in(row, "suspended", "only an active tenant can be suspended")
+            return {"state": "suspended", "suspension_reason": request.reason}
+
+        row = await self._transition(request.id, request.etag, suspended)
+        return tenant_service_pb2.SuspendTenantResponse(tenant=to_proto(row))
+
+    async def ResumeTenant(self, request: tenant_service_pb2.ResumeTenantRequest,
+                           context: Context) -> tenant_service_pb2.ResumeTenantResponse:
+        def resumed(row: Tenant) -> dict[str, object] | None:
+            if row.state == "active":
+                return None
+            if row.state != "suspended":
+                raise self._not_in(row, "resumed", "restore it first" if row.state == "pending_deletion"
+                                   else "it cannot be resumed")
+            return {"state": "active", "suspension_reason": ""}
+
+        row = await self._transition(request.id, request.etag, resumed)
+        return tenant_service_pb2.ResumeTenantResponse(tenant=to_proto(row))
+
+    async def RestoreTenant(self, request: tenant_service_pb2.RestoreTenantRequest,
+                            context: Context) -> tenant_service_pb2.RestoreTenantResponse:
+        def restored(row: Tenant) -> dict[str, object] | None:
+            if row.state in ("active", "suspended"):
+                return None  # nothing pending: already restored
+            if row.state != "pending_deletion":
+                raise self._not_in(row, "restored", "it has been purged")
+            # Back to where it was: a suspension survives a delete-and-restore.
+            return {"state": "suspended" if row.suspension_reason else "active",
+                    "delete_time": None, "purge_time": None}
+
+        row = await self._transition(request.id, request.etag, restored)
+        return tenant_service_pb2.RestoreTenantResponse(tenant=to_proto(row))
+
+    @staticmethod
+    def _not_in(row: Tenant, verb: str, hint: str) -> FailedPrecondition:
+        state = row.state.replace("_", " ")
+        return FailedPrecondition(f"tenant {row.id} is {state} and cannot be {verb}: {hint}",
+                                  reason="TENANT_STATE", metadata={"state": row.state})
+
+    async def _transition(self, raw_id: str, request_etag: str,
+                          change: Callable[[Tenant], dict[str, object] | None]) -> Tenant:
+        """Apply a lifecycle change to one tenant (locked, etag-checked) and announce it.
+
+        ``change`` returns the new column values, or None when the tenant is already in the
+        target state (a repeated call succeeds and changes nothing).
+        """
+        tenant_id = parse_uuid(raw_id, "id")
         if tenant_id == PLATFORM_TENANT_ID:
-            raise FailedPrecondition("the platform tenant cannot be deleted", reason="PLATFORM_TENANT")
+            raise FailedPrecondition("the platform tenant cannot be suspended or deleted",
+                                     reason="PLATFORM_TENANT")
         async with db.unit_of_work() as session:
             row = await session.get(Tenant, tenant_id, with_for_update=True)
             if row is None:
                 raise not_found(tenant_id)
-            check_etag(request.etag, row.id, row.version, "tenant")
-            await session.execute(delete(Tenant).where(Tenant.id == tenant_id))
-        return tenant_service_pb2.DeleteTenantResponse()
+            check_etag(request_etag, row.id, row.version, "tenant")
+            values = change(row)
+            if values is not None:
+                await session.execute(
+                    update(Tenant).where(Tenant.id == tenant_id)
+                    .values(**values, version=Tenant.version + 1, update_time=func.now()))
+                await session.refresh(row)
+        # After the commit: every service refuses (or admits again) the tenant's calls at once.
+        await revocation.announce_tenant_state(self.settings, row.id, row.state, row.suspension_reason)
+        return row
 
 
 def spec() -> ServiceSpec:

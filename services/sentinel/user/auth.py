@@ -139,6 +139,9 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
             session_id = uuid.UUID(claims.session_id)
         except ValueError:
             raise invalid from None
+        blocked = revocation.tenants.blocked(claims.tenant_id)
+        if blocked is not None:  # a suspended tenant's sessions cannot be extended either
+            raise blocked.refusal(claims.tenant_id, own=True)
         new_refresh_id = secrets.token_urlsafe(24)
         reused = False
         async with db.unit_of_work(tenant_id=claims.tenant_id, platform=False) as session:

@@ -35,5 +35,10 @@ class AuthnInterceptor:
             if principal.session_id and revocation.revoked.is_revoked(principal.session_id):
                 raise Unauthenticated("this session has ended (logged out or revoked); log in again",
                                       reason="SESSION_REVOKED")
+            # A suspended (or deleted) tenant's sessions and keys stop at once. Services act for
+            # the platform (e.g. recording the suspension in the audit trail) and pass.
+            blocked = None if principal.is_service else revocation.tenants.blocked(principal.tenant_id)
+            if blocked is not None:
+                raise blocked.refusal(principal.tenant_id, own=True)
             call.principal = principal
         yield

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from sentinel.platform import revocation
 from sentinel.platform.calls import Call
 from sentinel.platform.errors import FieldViolation, InvalidArgument, PermissionDenied, Unauthenticated
 from sentinel.policy.v1 import policy_pb2
@@ -77,6 +78,11 @@ class PolicyInterceptor:
             call.tenant_id = principal.tenant_id
         elif scope == policy_pb2.TENANT_SCOPE_TENANT:
             call.tenant_id = target_tenant(call, policy.tenant_field)
+            # A platform admin may still read a suspended or deleted tenant (its users, its audit
+            # trail) but changes nothing in it until it is resumed or restored.
+            blocked = revocation.tenants.blocked(call.tenant_id) if rpc.mutating else None
+            if blocked is not None:
+                raise blocked.refusal(call.tenant_id, own=call.tenant_id == principal.tenant_id)
             # Platform admins listing tenants see all of them; anyone else only their own.
             call.platform_scope = principal.is_platform_admin and not policy.tenant_field
         else:  # AUTHENTICATED: the principal's own records only

@@ -72,6 +72,9 @@ class Tenant(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    SUSPENSION_REASON_FIELD_NUMBER: _builtins.int
+    DELETE_TIME_FIELD_NUMBER: _builtins.int
+    PURGE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUIDv7, assigned by the server."""
     slug: _builtins.str
@@ -84,10 +87,24 @@ class Tenant(_message.Message):
     state: Global___TenantState.ValueType
     etag: _builtins.str
     """Opaque version for optimistic concurrency; send it back on update/delete."""
+    suspension_reason: _builtins.str
+    """Why the tenant was suspended (empty unless it was). Kept through a pending deletion, so
+    a restored tenant goes back to SUSPENDED rather than slipping past its suspension.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def delete_time(self) -> _timestamp_pb2.Timestamp:
+        """When deletion was requested (PENDING_DELETION and DELETED)."""
+
+    @_builtins.property
+    def purge_time(self) -> _timestamp_pb2.Timestamp:
+        """When a pending deletion becomes final: the users, sessions and keys are purged and the
+        state becomes DELETED. Until then RestoreTenant undoes the deletion.
+        """
+
     def __init__(
         self,
         *,
@@ -99,10 +116,13 @@ class Tenant(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        suspension_reason: _builtins.str = ...,
+        delete_time: _timestamp_pb2.Timestamp | None = ...,
+        purge_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "purge_time", b"purge_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "id", b"id", "plan", b"plan", "slug", b"slug", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "display_name", b"display_name", "etag", b"etag", "id", b"id", "plan", b"plan", "purge_time", b"purge_time", "slug", b"slug", "state", b"state", "suspension_reason", b"suspension_reason", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,6 +59,21 @@ class TenantServiceStub:
                 request_serializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.DeleteTenantRequest.SerializeToString,
                 response_deserializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.DeleteTenantResponse.FromString,
                 _registered_method=True)
+        self.SuspendTenant = channel.unary_unary(
+                '/sentinel.tenant.v1.TenantService/SuspendTenant',
+                request_serializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.SuspendTenantRequest.SerializeToString,
+                response_deserializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.SuspendTenantResponse.FromString,
+                _registered_method=True)
+        self.ResumeTenant = channel.unary_unary(
+                '/sentinel.tenant.v1.TenantService/ResumeTenant',
+                request_serializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.ResumeTenantRequest.SerializeToString,
+                response_deserializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.ResumeTenantResponse.FromString,
+                _registered_method=True)
+        self.RestoreTenant = channel.unary_unary(
+                '/sentinel.tenant.v1.TenantService/RestoreTenant',
+                request_serializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RestoreTenantRequest.SerializeToString,
+                response_deserializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RestoreTenantResponse.FromString,
+                _registered_method=True)
 
 
 class TenantServiceServicer:
@@ -98,8 +113,43 @@ class TenantServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTenant(self, request, context):
-        """Deletes a tenant and everything in it. The reserved platform tenant cannot be deleted.
-        Errors: NOT_FOUND, ABORTED (stale etag), FAILED_PRECONDITION (platform tenant).
+        """Starts the deletion of a tenant: it becomes PENDING_DELETION at once (every call of its
+        users and keys is refused, like a suspension) and is purged when purge_time passes, after
+        the grace period (SENTINEL_TENANT_DELETION_GRACE_DAYS, default 30). RestoreTenant undoes it
+        until then. The reserved platform tenant cannot be deleted.
+        Deleting a tenant already pending deletion changes nothing (the first purge_time stays).
+        Errors: NOT_FOUND, ABORTED (stale etag), FAILED_PRECONDITION (platform tenant, or already
+        purged).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SuspendTenant(self, request, context):
+        """Suspends an ACTIVE tenant: from this moment every call made by its users, sessions and
+        API keys is refused with FAILED_PRECONDITION, and login is refused; its data and audit
+        trail stay readable to platform administrators. Suspending a suspended tenant changes
+        nothing. Errors: NOT_FOUND, ABORTED (stale etag), INVALID_ARGUMENT (reason),
+        FAILED_PRECONDITION (platform tenant, or pending deletion / deleted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeTenant(self, request, context):
+        """Ends a suspension: the tenant is ACTIVE again and its users' existing sessions work again.
+        Resuming an active tenant changes nothing. Errors: NOT_FOUND, ABORTED (stale etag),
+        FAILED_PRECONDITION (pending deletion: restore it; deleted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreTenant(self, request, context):
+        """Cancels a pending deletion during the grace period. The tenant returns to the state it
+        had before (SUSPENDED if it carries a suspension reason, ACTIVE otherwise); restoring a
+        tenant that is not pending deletion changes nothing. Errors: NOT_FOUND, ABORTED (stale
+        etag), FAILED_PRECONDITION (already purged).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,6 +182,21 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     servicer.DeleteTenant,
                     request_deserializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.DeleteTenantRequest.FromString,
                     response_serializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.DeleteTenantResponse.SerializeToString,
+            ),
+            'SuspendTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuspendTenant,
+                    request_deserializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.SuspendTenantRequest.FromString,
+                    response_serializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.SuspendTenantResponse.SerializeToString,
+            ),
+            'ResumeTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeTenant,
+                    request_deserializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.ResumeTenantRequest.FromString,
+                    response_serializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.ResumeTenantResponse.SerializeToString,
+            ),
+            'RestoreTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreTenant,
+                    request_deserializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RestoreTenantRequest.FromString,
+                    response_serializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RestoreTenantResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +334,87 @@ class TenantService:
             '/sentinel.tenant.v1.TenantService/DeleteTenant',
             sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.DeleteTenantRequest.SerializeToString,
             sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.DeleteTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuspendTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentinel.tenant.v1.TenantService/SuspendTenant',
+            sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.SuspendTenantRequest.SerializeToString,
+            sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.SuspendTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentinel.tenant.v1.TenantService/ResumeTenant',
+            sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.ResumeTenantRequest.SerializeToString,
+            sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.ResumeTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentinel.tenant.v1.TenantService/RestoreTenant',
+            sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RestoreTenantRequest.SerializeToString,
+            sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RestoreTenantResponse.FromString,
             options,
             channel_credentials,
             insecure,

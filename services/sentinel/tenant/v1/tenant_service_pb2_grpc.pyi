@@ -50,8 +50,31 @@ class TenantServiceStub:
     Errors: NOT_FOUND, INVALID_ARGUMENT, ABORTED (stale etag), PERMISSION_DENIED.
     """
     DeleteTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.DeleteTenantRequest, _tenant_service_pb2.DeleteTenantResponse]
-    """Deletes a tenant and everything in it. The reserved platform tenant cannot be deleted.
-    Errors: NOT_FOUND, ABORTED (stale etag), FAILED_PRECONDITION (platform tenant).
+    """Starts the deletion of a tenant: it becomes PENDING_DELETION at once (every call of its
+    users and keys is refused, like a suspension) and is purged when purge_time passes, after
+    the grace period (SENTINEL_TENANT_DELETION_GRACE_DAYS, default 30). RestoreTenant undoes it
+    until then. The reserved platform tenant cannot be deleted.
+    Deleting a tenant already pending deletion changes nothing (the first purge_time stays).
+    Errors: NOT_FOUND, ABORTED (stale etag), FAILED_PRECONDITION (platform tenant, or already
+    purged).
+    """
+    SuspendTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.SuspendTenantRequest, _tenant_service_pb2.SuspendTenantResponse]
+    """Suspends an ACTIVE tenant: from this moment every call made by its users, sessions and
+    API keys is refused with FAILED_PRECONDITION, and login is refused; its data and audit
+    trail stay readable to platform administrators. Suspending a suspended tenant changes
+    nothing. Errors: NOT_FOUND, ABORTED (stale etag), INVALID_ARGUMENT (reason),
+    FAILED_PRECONDITION (platform tenant, or pending deletion / deleted).
+    """
+    ResumeTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.ResumeTenantRequest, _tenant_service_pb2.ResumeTenantResponse]
+    """Ends a suspension: the tenant is ACTIVE again and its users' existing sessions work again.
+    Resuming an active tenant changes nothing. Errors: NOT_FOUND, ABORTED (stale etag),
+    FAILED_PRECONDITION (pending deletion: restore it; deleted).
+    """
+    RestoreTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.RestoreTenantRequest, _tenant_service_pb2.RestoreTenantResponse]
+    """Cancels a pending deletion during the grace period. The tenant returns to the state it
+    had before (SUSPENDED if it carries a suspension reason, ACTIVE otherwise); restoring a
+    tenant that is not pending deletion changes nothing. Errors: NOT_FOUND, ABORTED (stale
+    etag), FAILED_PRECONDITION (already purged).
     """
 
 @_typing.type_check_only
@@ -74,8 +97,31 @@ class TenantServiceAsyncStub(TenantServiceStub):
     Errors: NOT_FOUND, INVALID_ARGUMENT, ABORTED (stale etag), PERMISSION_DENIED.
     """
     DeleteTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.DeleteTenantRequest, _tenant_service_pb2.DeleteTenantResponse]  # type: ignore[assignment]
-    """Deletes a tenant and everything in it. The reserved platform tenant cannot be deleted.
-    Errors: NOT_FOUND, ABORTED (stale etag), FAILED_PRECONDITION (platform tenant).
+    """Starts the deletion of a tenant: it becomes PENDING_DELETION at once (every call of its
+    users and keys is refused, like a suspension) and is purged when purge_time passes, after
+    the grace period (SENTINEL_TENANT_DELETION_GRACE_DAYS, default 30). RestoreTenant undoes it
+    until then. The reserved platform tenant cannot be deleted.
+    Deleting a tenant already pending deletion changes nothing (the first purge_time stays).
+    Errors: NOT_FOUND, ABORTED (stale etag), FAILED_PRECONDITION (platform tenant, or already
+    purged).
+    """
+    SuspendTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.SuspendTenantRequest, _tenant_service_pb2.SuspendTenantResponse]  # type: ignore[assignment]
+    """Suspends an ACTIVE tenant: from this moment every call made by its users, sessions and
+    API keys is refused with FAILED_PRECONDITION, and login is refused; its data and audit
+    trail stay readable to platform administrators. Suspending a suspended tenant changes
+    nothing. Errors: NOT_FOUND, ABORTED (stale etag), INVALID_ARGUMENT (reason),
+    FAILED_PRECONDITION (platform tenant, or pending deletion / deleted).
+    """
+    ResumeTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.ResumeTenantRequest, _tenant_service_pb2.ResumeTenantResponse]  # type: ignore[assignment]
+    """Ends a suspension: the tenant is ACTIVE again and its users' existing sessions work again.
+    Resuming an active tenant changes nothing. Errors: NOT_FOUND, ABORTED (stale etag),
+    FAILED_PRECONDITION (pending deletion: restore it; deleted).
+    """
+    RestoreTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.RestoreTenantRequest, _tenant_service_pb2.RestoreTenantResponse]  # type: ignore[assignment]
+    """Cancels a pending deletion during the grace period. The tenant returns to the state it
+    had before (SUSPENDED if it carries a suspension reason, ACTIVE otherwise); restoring a
+    tenant that is not pending deletion changes nothing. Errors: NOT_FOUND, ABORTED (stale
+    etag), FAILED_PRECONDITION (already purged).
     """
 
 class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -125,8 +171,49 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tenant_service_pb2.DeleteTenantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tenant_service_pb2.DeleteTenantResponse, _abc.Awaitable[_tenant_service_pb2.DeleteTenantResponse]]:
-        """Deletes a tenant and everything in it. The reserved platform tenant cannot be deleted.
-        Errors: NOT_FOUND, ABORTED (stale etag), FAILED_PRECONDITION (platform tenant).
+        """Starts the deletion of a tenant: it becomes PENDING_DELETION at once (every call of its
+        users and keys is refused, like a suspension) and is purged when purge_time passes, after
+        the grace period (SENTINEL_TENANT_DELETION_GRACE_DAYS, default 30). RestoreTenant undoes it
+        until then. The reserved platform tenant cannot be deleted.
+        Deleting a tenant already pending deletion changes nothing (the first purge_time stays).
+        Errors: NOT_FOUND, ABORTED (stale etag), FAILED_PRECONDITION (platform tenant, or already
+        purged).
+        """
+
+    @_abc_1.abstractmethod
+    def SuspendTenant(
+        self,
+        request: _tenant_service_pb2.SuspendTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenant_service_pb2.SuspendTenantResponse, _abc.Awaitable[_tenant_service_pb2.SuspendTenantResponse]]:
+        """Suspends an ACTIVE tenant: from this moment every call made by its users, sessions and
+        API keys is refused with FAILED_PRECONDITION, and login is refused; its data and audit
+        trail stay readable to platform administrators. Suspending a suspended tenant changes
+        nothing. Errors: NOT_FOUND, ABORTED (stale etag), INVALID_ARGUMENT (reason),
+        FAILED_PRECONDITION (platform tenant, or pending deletion / deleted).
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeTenant(
+        self,
+        request: _tenant_service_pb2.ResumeTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenant_service_pb2.ResumeTenantResponse, _abc.Awaitable[_tenant_service_pb2.ResumeTenantResponse]]:
+        """Ends a suspension: the tenant is ACTIVE again and its users' existing sessions work again.
+        Resuming an active tenant changes nothing. Errors: NOT_FOUND, ABORTED (stale etag),
+        FAILED_PRECONDITION (pending deletion: restore it; deleted).
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreTenant(
+        self,
+        request: _tenant_service_pb2.RestoreTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenant_service_pb2.RestoreTenantResponse, _abc.Awaitable[_tenant_service_pb2.RestoreTenantResponse]]:
+        """Cancels a pending deletion during the grace period. The tenant returns to the state it
+        had before (SUSPENDED if it carries a suspension reason, ACTIVE otherwise); restoring a
+        tenant that is not pending deletion changes nothing. Errors: NOT_FOUND, ABORTED (stale
+        etag), FAILED_PRECONDITION (already purged).
         """
 
 def add_TenantServiceServicer_to_server(servicer: TenantServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
