@@ -24,6 +24,7 @@ import yaml
 
 from sentinel.gateway import strict_json
 from sentinel.platform import contracts
+from sentinel.platform.apikeys import PREFIX as API_KEY_PREFIX
 
 #: Backends, in a stable order (cluster order in the rendered file).
 BACKENDS: tuple[str, ...] = ("tenant", "user", "audit", "scheduler")
@@ -361,11 +362,14 @@ def jwt_rules() -> list[dict[str, Any]]:
     """
     rules: list[dict[str, Any]] = [{"match": {"path": rpc.full_method}} for rpc in contracts.rpcs() if rpc.public]
     rules += [{"match": {"prefix": prefix}} for prefix in contracts.INFRASTRUCTURE_PREFIXES]
-    # Issue 3 (API keys): requests carrying `x-api-key: snt_…` or `authorization: Bearer snt_…`
-    # will be authenticated by the API-key check placed *before* jwt_authn (ext_authz to the
-    # user service, which stamps a verified header the services trust) and this rule becomes
-    # `requires_any: [{provider_name: sentinel}, <api-key marker>]`. Until then a bearer that
-    # is not a JWT fails here with a JSON 401 (code 16).
+    # API keys (`authorization: Bearer snt_…` or `x-api-key`) are not JWTs: jwt_authn lets them
+    # through and every service authenticates the key itself (format and checksum first, then a
+    # tenant-bound lookup, cached), exactly as it re-verifies every JWT.
+    rules += [
+        {"match": {"prefix": "/", "headers": [
+            {"name": "authorization", "string_match": {"prefix": "Bearer " + API_KEY_PREFIX, "ignore_case": True}}]}},
+        {"match": {"prefix": "/", "headers": [{"name": "x-api-key", "present_match": True}]}},
+    ]
     rules.append({"match": {"prefix": "/"}, "requires": {"provider_name": JWT_PROVIDER}})
     return rules
 

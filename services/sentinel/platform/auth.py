@@ -43,7 +43,8 @@ SESSION_SELF = "session.self"
 #: Clock skew tolerated when checking a token's times.
 TOKEN_LEEWAY_SECONDS = 5
 _READ = {SESSION_SELF, "tenants.read", "users.read"}
-_MANAGE_USERS = _READ | {"users.write", "users.delete", "audit.read", "jobs.read", "jobs.write"}
+_MANAGE_USERS = _READ | {"users.write", "users.delete", "audit.read", "jobs.read", "jobs.write",
+                         "service_accounts.read", "service_accounts.write"}
 #: Role → permissions. Ranks order roles for "cannot grant above your own".
 PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset(_READ),
@@ -64,11 +65,14 @@ RANK = {"viewer": 1, "member": 2, "admin": 3, "owner": 4, "platform_admin": 5}
 class Principal:
     """Who is calling, as proven by a verified token."""
 
-    subject: str  # user id, or "service:<name>"
+    subject: str  # user id, service account id, or "service:<name>"
     tenant_id: uuid.UUID
     role: str
-    session_id: str = ""
+    session_id: str = ""  # for API keys: the key id (revoked through the same feed)
     token_id: str = ""
+    kind: str = "user"  # user | service_account | service
+    #: API keys: the permissions the key carries (within its account's role). None: the role's.
+    scopes: frozenset[str] | None = None
 
     @property
     def is_platform_admin(self) -> bool:
@@ -79,10 +83,14 @@ class Principal:
         return self.role == "service"
 
     def can(self, permission: str) -> bool:
+        if self.scopes is not None and permission not in self.scopes:
+            return False
         return permission in PERMISSIONS.get(self.role, frozenset())
 
     @property
     def user_id(self) -> uuid.UUID | None:
+        if self.kind != "user":
+            return None
         try:
             return uuid.UUID(self.subject)
         except ValueError:

@@ -33,8 +33,9 @@ def propagated_metadata() -> tuple[tuple[str, str], ...]:
     if call is None:
         return ()
     out = []
-    if auth := call.metadata.get("authorization"):
-        out.append(("authorization", auth))
+    for header in ("authorization", "x-api-key"):
+        if value := call.metadata.get(header):
+            out.append((header, value))
     if call.request_id:
         out.append(("x-request-id", call.request_id))
     return tuple(out)

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # --- plan limits: users per tenant by plan (JSON, e.g. {"free": 10}); a plan not listed is unlimited
     plan_max_users: dict[str, int] = Field(default_factory=lambda: {"free": 10, "standard": 250,
                                                                     "enterprise": 100_000})
+    # Usable (not revoked, not expired) API keys per tenant by plan (JSON).
+    plan_max_api_keys: dict[str, int] = Field(default_factory=lambda: {"free": 5, "standard": 100,
+                                                                       "enterprise": 10_000})
 
     # --- tenant lifecycle: days between DeleteTenant and the purge (RestoreTenant undoes it until then)
     tenant_deletion_grace_days: float = Field(default=30.0, ge=0)

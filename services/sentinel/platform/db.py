@@ -50,6 +50,10 @@ def init(settings: Settings) -> AsyncEngine:
     return _engine
 
 
+def initialised() -> bool:
+    return _sessions is not None
+
+
 def engine() -> AsyncEngine:
     if _engine is None:
         raise RuntimeError("database not initialised")

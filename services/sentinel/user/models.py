@@ -1,12 +1,12 @@
-"""The ``users`` and ``sessions`` tables."""
+"""The ``users``, ``sessions``, ``service_accounts`` and ``api_keys`` tables."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
 
-from sqlalchemy import DateTime, Integer, String, Text, func
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy import DateTime, Integer, LargeBinary, String, Text, func
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sentinel.platform.models import Base
@@ -46,3 +46,30 @@ class Session(Base):
     revoke_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     source_ip: Mapped[str] = mapped_column(Text, default="")
     user_agent: Mapped[str] = mapped_column(Text, default="")
+
+
+class ServiceAccount(Base):
+    __tablename__ = "service_accounts"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    display_name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    create_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    service_account_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    prefix: Mapped[str] = mapped_column(String(20))
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    create_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expire_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    revoke_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -6,14 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sentinel.common.v1 import common_pb2
-from sentinel.platform import clients, db, revocation
+from sentinel.platform import db, revocation
 from sentinel.platform.auth import PLATFORM_TENANT_ID, RANK, Principal, TokenSigner
 from sentinel.platform.calls import require_call
-from sentinel.platform.config import Settings
 from sentinel.platform.convert import EnumText, timestamp, update_paths
 from sentinel.platform.errors import (
     AlreadyExists,
@@ -21,7 +20,6 @@ from sentinel.platform.errors import (
     FieldViolation,
     NotFound,
     PermissionDenied,
-    ResourceExhausted,
     require,
 )
 from sentinel.platform.ids import parse_uuid, uuid7
@@ -29,10 +27,16 @@ from sentinel.platform.pagination import check_etag, etag, page_size
 from sentinel.platform.server import Runtime, ServiceSpec
 from sentinel.platform.validation import email as check_email
 from sentinel.platform.validation import text as check_text
-from sentinel.tenant.v1 import tenant_pb2, tenant_service_pb2, tenant_service_pb2_grpc
+from sentinel.user.limits import enforce_plan_limit
 from sentinel.user.models import Session, User
 from sentinel.user.passwords import Passwords, check_password
-from sentinel.user.v1 import user_pb2, user_service_pb2, user_service_pb2_grpc
+from sentinel.user.v1 import (
+    service_account_service_pb2,
+    service_account_service_pb2_grpc,
+    user_pb2,
+    user_service_pb2,
+    user_service_pb2_grpc,
+)
 
 ROLE = EnumText(common_pb2.Role, "ROLE_")
 STATE = EnumText(user_pb2.UserState, "USER_STATE_")
@@ -63,38 +67,6 @@ def check_grant(principal: Principal, role: str, field: str) -> None:
                                reason="ROLE_ABOVE_CALLER", metadata={"field": field})
 
 
-async def require_active_tenant(tenant_addr: str) -> tenant_pb2.Tenant:
-    """Ask TenantService (over gRPC, as the caller) whether the call's tenant accepts writes."""
-    call = require_call()
-    stub = tenant_service_pb2_grpc.TenantServiceStub(clients.channel(tenant_addr))
-    try:
-        reply = await stub.GetTenant(tenant_service_pb2.GetTenantRequest(id=str(call.tenant_id)),
-                                     metadata=clients.propagated_metadata(), timeout=5)
-    except grpc.aio.AioRpcError as err:
-        if err.code() == grpc.StatusCode.NOT_FOUND:
-            raise NotFound(f"tenant {call.tenant_id} not found", reason="TENANT_NOT_FOUND") from None
-        raise
-    if reply.tenant.state != tenant_pb2.TENANT_STATE_ACTIVE:
-        raise FailedPrecondition("the tenant is not active", reason="TENANT_NOT_ACTIVE")
-    return reply.tenant
-
-
-#: Serialises user creation per tenant so that concurrent creates cannot overshoot the plan limit.
-_USERS_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('sentinel.users:' || :tenant))")
-
-
-async def enforce_user_limit(session: Any, settings: Settings, tenant: tenant_pb2.Tenant) -> None:
-    plan = tenant_pb2.TenantPlan.Name(tenant.plan).removeprefix("TENANT_PLAN_").lower()
-    limit = settings.plan_max_users.get(plan)
-    if limit is None:
-        return
-    await session.execute(_USERS_LOCK, {"tenant": tenant.id})
-    count = int(await session.scalar(select(func.count()).select_from(User)) or 0)
-    if count >= limit:
-        raise ResourceExhausted(f"the tenant's plan '{plan}' allows {limit} users and it has {count}; "
-                                "remove users or change the plan", reason="PLAN_USER_LIMIT")
-
-
 async def owners_left(session: Any, excluding: Any) -> int:
     count = await session.scalar(
         select(func.count()).select_from(User).where(User.role == "owner", User.id != excluding,
@@ -120,13 +92,13 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
         role = ROLE.text(request.role, "role", default="member")
         require(violations)
         check_grant(call.principal, role, "role")
-        tenant = await require_active_tenant(self.settings.tenant_addr)
         password_hash = await self.passwords.hash(request.password)
         row = User(id=uuid7(), tenant_id=call.tenant_id, email=request.email,
                    display_name=request.display_name, role=role, state="active",
                    password_hash=password_hash, version=1)
         async with db.unit_of_work() as session:
-            await enforce_user_limit(session, self.settings, tenant)
+            await enforce_plan_limit(session, self.settings.plan_max_users, resource="users",
+                                     count=select(func.count()).select_from(User), reason="PLAN_USER_LIMIT")
             session.add(row)
             try:
                 await session.flush()
@@ -253,6 +225,7 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
 
 def spec() -> ServiceSpec:
     from sentinel.user.auth import AuthApi
+    from sentinel.user.service_accounts import ServiceAccountApi
 
     def register(server: grpc.aio.Server, runtime: Runtime) -> None:
         settings = runtime.settings
@@ -263,7 +236,10 @@ def spec() -> ServiceSpec:
         passwords = Passwords(settings)
         user_service_pb2_grpc.add_UserServiceServicer_to_server(UserApi(runtime, passwords), server)
         user_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthApi(runtime, passwords, signer), server)
+        service_account_service_pb2_grpc.add_ServiceAccountServiceServicer_to_server(
+            ServiceAccountApi(runtime), server)
 
     services = user_service_pb2.DESCRIPTOR.services_by_name
-    return ServiceSpec(name="user", implements=[services["UserService"].full_name,
-                                                services["AuthService"].full_name], register=register)
+    accounts = service_account_service_pb2.DESCRIPTOR.services_by_name["ServiceAccountService"]
+    return ServiceSpec(name="user", implements=[services["UserService"].full_name, services["AuthService"].full_name,
+                                                accounts.full_name], register=register)

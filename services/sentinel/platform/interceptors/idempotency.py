@@ -44,6 +44,22 @@ def request_hash(request: Message) -> str:
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
+#: Top-level response fields never written to the idempotency table (a created API key's
+#: secret is shown once; a replay returns the response without it).
+SECRET_FIELDS = frozenset({"secret"})
+
+
+def stored_form(response: Message) -> bytes:
+    names = SECRET_FIELDS & response.DESCRIPTOR.fields_by_name.keys()
+    if not names:
+        return response.SerializeToString(deterministic=True)
+    copy = type(response)()
+    copy.CopyFrom(response)
+    for name in names:
+        copy.ClearField(name)
+    return copy.SerializeToString(deterministic=True)
+
+
 class IdempotencyInterceptor:
     """Wraps mutating unary RPCs that carry a key (``request_id`` field or header)."""
 
@@ -71,6 +87,6 @@ class IdempotencyInterceptor:
             response: Message = await proceed()
             await session.execute(insert(IdempotencyRecord).values(
                 tenant_id=call.db_tenant_id, method=call.method, key=key,
-                request_hash=digest, response=response.SerializeToString(deterministic=True),
+                request_hash=digest, response=stored_form(response),
             ).on_conflict_do_nothing())
             return response

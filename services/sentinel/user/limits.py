@@ -1,0 +1,32 @@
+"""Plan limits per tenant (users, API keys), checked inside the creating transaction.
+
+The count and the insert that follows are serialised per tenant and resource by a
+transaction-scoped advisory lock, so concurrent creates cannot overshoot the limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Select, text
+
+from sentinel.platform.errors import NotFound, ResourceExhausted
+
+_PLAN = text("SELECT plan FROM tenants WHERE id = sentinel_tenant_id()")
+_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:key || sentinel_tenant_id()::text))")
+
+
+async def enforce_plan_limit(session: Any, limits: dict[str, int], *, resource: str, count: Select[Any],
+                             reason: str) -> None:
+    """Refuse with RESOURCE_EXHAUSTED when the bound tenant already has its plan's maximum."""
+    plan = await session.scalar(_PLAN)
+    if plan is None:
+        raise NotFound("the tenant was not found", reason="TENANT_NOT_FOUND")
+    limit = limits.get(plan)
+    if limit is None:
+        return
+    await session.execute(_LOCK, {"key": f"sentinel.{resource}:"})
+    have = int(await session.scalar(count) or 0)
+    if have >= limit:
+        raise ResourceExhausted(f"the tenant's plan '{plan}' allows {limit} {resource} and it has {have}; "
+                                f"remove {resource} or change the plan", reason=reason)
