@@ -18,8 +18,11 @@ import grpc
 import pytest
 from sentinel.common.v1 import common_pb2
 from sentinel.devstack.stack import Stack, temporary_stack
+from sentinel.platform.apikeys import grantable_scopes
 from sentinel.tenant.v1 import tenant_service_pb2 as tsp
 from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
+from sentinel.user.v1 import service_account_service_pb2 as sap
+from sentinel.user.v1 import service_account_service_pb2_grpc as sag
 from sentinel.user.v1 import user_service_pb2 as usp
 from sentinel.user.v1 import user_service_pb2_grpc as usg
 
@@ -40,6 +43,7 @@ def stack() -> Iterator[Stack]:
         "SENTINEL_LOGIN_LOCK_SECONDS": "2",
         # Tests fill the free tenants A and B freely; the standard plan is the one with a low limit.
         "SENTINEL_PLAN_MAX_USERS": '{"free": 1000, "standard": 3}',
+        "SENTINEL_PLAN_MAX_API_KEYS": '{"free": 1000, "standard": 2}',
     }
     with temporary_stack(env=env, echo=sys.stderr) as s:
         yield s
@@ -58,6 +62,10 @@ class Tenant:
     owner: Principal
     member: Principal
     user_ids: list[str] = field(default_factory=list)
+    #: A service account (role admin) and an API key carrying every permission it may hold.
+    service_account_id: str = ""
+    api_key_id: str = ""
+    api_key: Principal | None = None
 
 
 @dataclass
@@ -95,6 +103,15 @@ async def make_tenant(channels: dict[str, grpc.aio.Channel], admin: Principal, n
         principals[label] = Principal(f"{name}-{label}", tenant.id, user_id, token)
     t = Tenant(tenant.id, slug, principals["owner"], principals["member"])
     t.user_ids = [principals["owner"].user_id, principals["member"].user_id]
+    accounts = sag.ServiceAccountServiceStub(channels["user"])
+    account = (await accounts.CreateServiceAccount(sap.CreateServiceAccountRequest(
+        display_name=f"ci of {name}", role=common_pb2.ROLE_ADMIN), metadata=principals["owner"].metadata)
+    ).service_account
+    key = await accounts.CreateApiKey(sap.CreateApiKeyRequest(
+        service_account_id=account.id, display_name="all it may", scopes=sorted(grantable_scopes("admin"))),
+        metadata=principals["owner"].metadata)
+    t.service_account_id, t.api_key_id = account.id, key.api_key.id
+    t.api_key = Principal(f"{name}-key", tenant.id, account.id, key.secret)
     return t
 
 

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 #: Services whose API is not implemented yet answer UNIMPLEMENTED; nothing to prove there.
 IMPLEMENTED = {"sentinel.tenant.v1.TenantService", "sentinel.user.v1.UserService",
-               "sentinel.user.v1.AuthService"}
+               "sentinel.user.v1.AuthService", "sentinel.user.v1.ServiceAccountService"}
 PROCESS = {"tenant": "tenant", "user": "user", "audit": "audit", "scheduler": "scheduler", "common": "tenant"}
 
 TENANT_RPCS = [r for r in contracts.rpcs() if not r.public and not r.streaming]
@@ -44,6 +44,8 @@ def resource_id(world: World, rpc: contracts.Rpc) -> str:
         return world.a.id
     if rpc.service.name == "UserService":
         return world.a.member.user_id
+    if rpc.service.name == "ServiceAccountService":
+        return world.a.api_key_id if "ApiKey" in rpc.method.name else world.a.service_account_id
     return str(uuid.uuid4())
 
 
@@ -52,16 +54,22 @@ def fill(message: Message, world: World, rpc: contracts.Rpc, page_token: str) ->
     for field in message.DESCRIPTOR.fields:
         name = field.name
         if field.is_repeated:
+            if name == "scopes":
+                getattr(message, name).append("users.read")
             continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             if field.message_type.full_name.startswith("sentinel."):
                 fill(getattr(message, name), world, rpc, page_token)
+            continue
+        if field.type == FieldDescriptor.TYPE_ENUM and name == "role":
+            setattr(message, name, field.enum_type.values_by_name["ROLE_VIEWER"].number)  # the humblest
             continue
         if field.type != FieldDescriptor.TYPE_STRING:
             continue
         value = {
             "id": resource_id(world, rpc),
             "tenant_id": world.a.id,
+            "service_account_id": world.a.service_account_id,
             "page_token": page_token,
             "email": f"probe-{uuid.uuid4().hex[:8]}@example.com",
             "password": PASSWORD,
@@ -74,7 +82,7 @@ def fill(message: Message, world: World, rpc: contracts.Rpc, page_token: str) ->
 
 
 def a_markers(world: World) -> list[str]:
-    return [world.a.id, world.a.slug, *world.a.user_ids]
+    return [world.a.id, world.a.slug, *world.a.user_ids, world.a.service_account_id, world.a.api_key_id]
 
 
 def aims_at_a(world: World, request: Message) -> bool:
@@ -87,10 +95,12 @@ async def a_snapshot(world: World) -> str:
     """Everything A can see of itself, as A sees it (etags change on any write)."""
     parts = []
     for rpc in contracts.rpcs():
-        if rpc.method.name in {"GetTenant", "ListUsers", "ListTenants"}:
+        if rpc.method.name in {"GetTenant", "ListUsers", "ListTenants", "ListServiceAccounts", "ListApiKeys"}:
             req = new_request(rpc)
             if "id" in req.DESCRIPTOR.fields_by_name:
                 req.id = world.a.id  # type: ignore[attr-defined]
+            if "service_account_id" in req.DESCRIPTOR.fields_by_name:
+                req.service_account_id = world.a.service_account_id  # type: ignore[attr-defined]
             reply = await unary(world.channels[process_of(rpc)], rpc, req, world.a.owner.token)
             parts.append(json_format.MessageToJson(reply, sort_keys=True))
     return "\n".join(parts)
@@ -102,6 +112,8 @@ async def a_page_token(world: World, rpc: contracts.Rpc) -> str:
     if "page_size" not in req.DESCRIPTOR.fields_by_name or rpc.service.full_name not in IMPLEMENTED:
         return ""
     req.page_size = 1  # type: ignore[attr-defined]
+    if "service_account_id" in req.DESCRIPTOR.fields_by_name:
+        req.service_account_id = world.a.service_account_id  # type: ignore[attr-defined]
     reply = await unary(world.channels[process_of(rpc)], rpc, req, world.a.owner.token)
     return str(getattr(reply, "next_page_token", ""))
 
@@ -109,6 +121,14 @@ async def a_page_token(world: World, rpc: contracts.Rpc) -> str:
 def assert_nothing_of_a(world: World, payload: str, where: str) -> None:
     for marker in a_markers(world):
         assert marker not in payload, f"{where} leaked tenant A's {marker}"
+
+
+async def attacker(world: World, credential: str) -> Principal:
+    """B's most privileged credential of the given kind."""
+    if credential == "api_key":
+        assert world.b.api_key is not None
+        return world.b.api_key
+    return await fresh_session(world)
 
 
 async def fresh_session(world: World) -> Principal:
@@ -123,13 +143,14 @@ def rpc_id(rpc: contracts.Rpc) -> str:
     return f"{rpc.service.name}.{rpc.method.name}"
 
 
+@pytest.mark.parametrize("credential", ["session", "api_key"])
 @pytest.mark.parametrize("rpc", TENANT_RPCS, ids=rpc_id)
-async def test_grpc_cross_tenant(world: World, rpc: contracts.Rpc) -> None:
+async def test_grpc_cross_tenant(world: World, rpc: contracts.Rpc, credential: str) -> None:
     if rpc.service.full_name not in IMPLEMENTED:
         pytest.skip(f"{rpc.service.full_name} is not implemented yet (health only)")
     before = await a_snapshot(world)
     channel = world.channels[process_of(rpc)]
-    attacker = await fresh_session(world)
+    who = await attacker(world, credential)
     tokens = [""]
     if "page_token" in rpc.method.input_type.fields_by_name:
         tokens.append(await a_page_token(world, rpc))
@@ -137,9 +158,11 @@ async def test_grpc_cross_tenant(world: World, rpc: contracts.Rpc) -> None:
         request = new_request(rpc)
         fill(request, world, rpc, token)
         try:
-            reply = await unary(channel, rpc, request, attacker.token)
+            reply = await unary(channel, rpc, request, who.token)
         except grpc.aio.AioRpcError as err:
-            if rpc.policy.tenant_scope == policy_pb2.TENANT_SCOPE_PLATFORM:
+            if rpc.policy.tenant_scope == policy_pb2.TENANT_SCOPE_PLATFORM or (
+                    credential == "api_key" and err.code() == grpc.StatusCode.PERMISSION_DENIED):
+                # Platform RPCs are refused; a key lacks session.self and what admins lack.
                 assert err.code() == grpc.StatusCode.PERMISSION_DENIED
                 continue
             allowed = {grpc.StatusCode.NOT_FOUND}

@@ -60,6 +60,10 @@ def test_readme_api_examples_work_as_written(stack: Any) -> None:
     restored = outputs_of(text, chunks, ":restore")
     assert '"state":"TENANT_STATE_ACTIVE"' in restored and "purge_time" not in restored
     assert '"keys":[' in text and '"status"' in text
+    # A service account's key lists users, and the key list shows its prefix, never the secret.
+    assert '"users":[' in outputs_of(text, chunks, '-H "x-api-key: $KEY"')
+    keys = outputs_of(text, chunks, "# no secrets")
+    assert '"prefix":"snt_' in keys and '"secret"' not in keys
     # The owner's tenant list holds acme only.
     owner_list = outputs_of(text, chunks, "# only acme")
     assert '"slug":"acme"' in owner_list and '"slug":"platform"' not in owner_list

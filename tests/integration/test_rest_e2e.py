@@ -158,3 +158,13 @@ def test_requests_without_valid_token_are_refused_at_the_edge(http: httpx.Client
     assert r.status_code == 401 and r.json()["code"] == 16
     assert "server" not in {k.lower() for k in r.headers if r.headers[k] == "envoy"}
     assert r.headers.get("x-request-id")
+
+
+def test_users_me_is_the_caller(http: httpx.Client, admin_headers: dict[str, str]) -> None:
+    me = http.get("/api/v1/users/me", headers=admin_headers)
+    assert me.status_code == 200, me.text
+    user = me.json()["user"]
+    assert user["role"] == "ROLE_PLATFORM_ADMIN" and "password" not in me.text
+    # The literal path wins over /users/{id}: the same user by id.
+    assert http.get(f"/api/v1/users/{user['id']}", headers=admin_headers).json()["user"] == user
+    assert http.get("/api/v1/users/me").status_code == 401

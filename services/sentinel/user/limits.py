@@ -13,7 +13,7 @@ from sqlalchemy import Select, text
 from sentinel.platform.errors import NotFound, ResourceExhausted
 
 _PLAN = text("SELECT plan FROM tenants WHERE id = sentinel_tenant_id()")
-_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:key || sentinel_tenant_id()::text))")
+_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(CAST(:key AS text) || sentinel_tenant_id()::text))")
 
 
 async def enforce_plan_limit(session: Any, limits: dict[str, int], *, resource: str, count: Select[Any],

@@ -20,6 +20,7 @@ from sentinel.platform.errors import (
     FieldViolation,
     NotFound,
     PermissionDenied,
+    Unauthenticated,
     require,
 )
 from sentinel.platform.ids import parse_uuid, uuid7
@@ -107,6 +108,17 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
                                     reason="USER_EMAIL_TAKEN") from None
             await session.refresh(row)
             return user_service_pb2.CreateUserResponse(user=to_proto(row))
+
+    async def GetCurrentUser(self, request: user_service_pb2.GetCurrentUserRequest,
+                             context: Context) -> user_service_pb2.GetCurrentUserResponse:
+        principal = require_call().principal
+        user_id = principal.user_id if principal else None
+        async with db.unit_of_work() as session:
+            row = await session.get(User, user_id) if user_id else None
+        if row is None or row.state == "disabled":
+            raise Unauthenticated("your account no longer exists or is disabled; log in again",
+                                  reason="USER_NOT_ACTIVE")
+        return user_service_pb2.GetCurrentUserResponse(user=to_proto(row))
 
     async def GetUser(self, request: user_service_pb2.GetUserRequest,
                       context: Context) -> user_service_pb2.GetUserResponse:

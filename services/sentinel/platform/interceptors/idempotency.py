@@ -2,7 +2,8 @@
 first response; the same key with a different request is ABORTED.
 
 The lookup, the handler's writes and the stored response share one transaction, so a
-response is recorded exactly when its effects are committed.
+response is recorded exactly when its effects are committed. Requests with the same key are
+serialised by an advisory lock, so two at once give one effect and two equal responses.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from google.protobuf import message_factory
 from google.protobuf.message import Message
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from sentinel.platform import db
@@ -22,6 +23,7 @@ from sentinel.platform.errors import Aborted, FieldViolation, InvalidArgument
 from sentinel.platform.models import IdempotencyRecord
 
 MAX_KEY_LENGTH = 200
+_KEY_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(CAST(:key AS text) || sentinel_tenant_id()::text))")
 
 
 def request_key(call: Call) -> str:
@@ -50,7 +52,7 @@ SECRET_FIELDS = frozenset({"secret"})
 
 
 def stored_form(response: Message) -> bytes:
-    names = SECRET_FIELDS & response.DESCRIPTOR.fields_by_name.keys()
+    names = [n for n in SECRET_FIELDS if n in response.DESCRIPTOR.fields_by_name]
     if not names:
         return response.SerializeToString(deterministic=True)
     copy = type(response)()
@@ -71,6 +73,8 @@ class IdempotencyInterceptor:
             return await proceed()
         digest = request_hash(call.request)
         async with db.unit_of_work() as session:
+            # Concurrent requests with one key queue here; the second then finds the first's record.
+            await session.execute(_KEY_LOCK, {"key": f"{call.method}|{key}"})
             found = (await session.execute(
                 select(IdempotencyRecord).where(
                     IdempotencyRecord.tenant_id == call.db_tenant_id,

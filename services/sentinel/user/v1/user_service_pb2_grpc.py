@@ -39,6 +39,11 @@ class UserServiceStub:
                 request_serializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.CreateUserRequest.SerializeToString,
                 response_deserializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.CreateUserResponse.FromString,
                 _registered_method=True)
+        self.GetCurrentUser = channel.unary_unary(
+                '/sentinel.user.v1.UserService/GetCurrentUser',
+                request_serializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.GetCurrentUserRequest.SerializeToString,
+                response_deserializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.GetCurrentUserResponse.FromString,
+                _registered_method=True)
         self.GetUser = channel.unary_unary(
                 '/sentinel.user.v1.UserService/GetUser',
                 request_serializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.GetUserRequest.SerializeToString,
@@ -74,6 +79,14 @@ class UserServiceServicer:
         A caller cannot grant a role above their own.
         Errors: INVALID_ARGUMENT, ALREADY_EXISTS (e-mail taken in the tenant), PERMISSION_DENIED,
         FAILED_PRECONDITION (tenant not active), ABORTED (request_id reused differently).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCurrentUser(self, request, context):
+        """Returns the calling user (a person logged in, not an API key).
+        Errors: UNAUTHENTICATED (the account no longer exists or is not active).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +138,11 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.CreateUser,
                     request_deserializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.CreateUserRequest.FromString,
                     response_serializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.CreateUserResponse.SerializeToString,
+            ),
+            'GetCurrentUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCurrentUser,
+                    request_deserializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.GetCurrentUserRequest.FromString,
+                    response_serializer=sentinel_dot_user_dot_v1_dot_user__service__pb2.GetCurrentUserResponse.SerializeToString,
             ),
             'GetUser': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUser,
@@ -179,6 +197,33 @@ class UserService:
             '/sentinel.user.v1.UserService/CreateUser',
             sentinel_dot_user_dot_v1_dot_user__service__pb2.CreateUserRequest.SerializeToString,
             sentinel_dot_user_dot_v1_dot_user__service__pb2.CreateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCurrentUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentinel.user.v1.UserService/GetCurrentUser',
+            sentinel_dot_user_dot_v1_dot_user__service__pb2.GetCurrentUserRequest.SerializeToString,
+            sentinel_dot_user_dot_v1_dot_user__service__pb2.GetCurrentUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class UserServiceStub:
     Errors: INVALID_ARGUMENT, ALREADY_EXISTS (e-mail taken in the tenant), PERMISSION_DENIED,
     FAILED_PRECONDITION (tenant not active), ABORTED (request_id reused differently).
     """
+    GetCurrentUser: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.GetCurrentUserRequest, _user_service_pb2.GetCurrentUserResponse]
+    """Returns the calling user (a person logged in, not an API key).
+    Errors: UNAUTHENTICATED (the account no longer exists or is not active).
+    """
     GetUser: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.GetUserRequest, _user_service_pb2.GetUserResponse]
     """Returns one user of the tenant. Errors: NOT_FOUND (missing or in another tenant)."""
     ListUsers: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.ListUsersRequest, _user_service_pb2.ListUsersResponse]
@@ -63,6 +67,10 @@ class UserServiceAsyncStub(UserServiceStub):
     A caller cannot grant a role above their own.
     Errors: INVALID_ARGUMENT, ALREADY_EXISTS (e-mail taken in the tenant), PERMISSION_DENIED,
     FAILED_PRECONDITION (tenant not active), ABORTED (request_id reused differently).
+    """
+    GetCurrentUser: _aio.UnaryUnaryMultiCallable[_user_service_pb2.GetCurrentUserRequest, _user_service_pb2.GetCurrentUserResponse]  # type: ignore[assignment]
+    """Returns the calling user (a person logged in, not an API key).
+    Errors: UNAUTHENTICATED (the account no longer exists or is not active).
     """
     GetUser: _aio.UnaryUnaryMultiCallable[_user_service_pb2.GetUserRequest, _user_service_pb2.GetUserResponse]  # type: ignore[assignment]
     """Returns one user of the tenant. Errors: NOT_FOUND (missing or in another tenant)."""
@@ -93,6 +101,16 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         A caller cannot grant a role above their own.
         Errors: INVALID_ARGUMENT, ALREADY_EXISTS (e-mail taken in the tenant), PERMISSION_DENIED,
         FAILED_PRECONDITION (tenant not active), ABORTED (request_id reused differently).
+        """
+
+    @_abc_1.abstractmethod
+    def GetCurrentUser(
+        self,
+        request: _user_service_pb2.GetCurrentUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_service_pb2.GetCurrentUserResponse, _abc.Awaitable[_user_service_pb2.GetCurrentUserResponse]]:
+        """Returns the calling user (a person logged in, not an API key).
+        Errors: UNAUTHENTICATED (the account no longer exists or is not active).
         """
 
     @_abc_1.abstractmethod
