@@ -21,6 +21,8 @@ from sentinel.devstack.stack import Stack, temporary_stack
 from sentinel.platform.apikeys import grantable_scopes
 from sentinel.tenant.v1 import tenant_service_pb2 as tsp
 from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
+from sentinel.user.v1 import invitation_service_pb2 as ivp
+from sentinel.user.v1 import invitation_service_pb2_grpc as ivg
 from sentinel.user.v1 import service_account_service_pb2 as sap
 from sentinel.user.v1 import service_account_service_pb2_grpc as sag
 from sentinel.user.v1 import user_service_pb2 as usp
@@ -66,6 +68,8 @@ class Tenant:
     service_account_id: str = ""
     api_key_id: str = ""
     api_key: Principal | None = None
+    #: A pending invitation.
+    invitation_id: str = ""
 
 
 @dataclass
@@ -112,6 +116,9 @@ async def make_tenant(channels: dict[str, grpc.aio.Channel], admin: Principal, n
         metadata=principals["owner"].metadata)
     t.service_account_id, t.api_key_id = account.id, key.api_key.id
     t.api_key = Principal(f"{name}-key", tenant.id, account.id, key.secret)
+    invitation = await ivg.InvitationServiceStub(channels["user"]).CreateInvitation(ivp.CreateInvitationRequest(
+        email=f"invited@{slug}.example.com", role=common_pb2.ROLE_VIEWER), metadata=principals["owner"].metadata)
+    t.invitation_id = invitation.invitation.id
     return t
 
 

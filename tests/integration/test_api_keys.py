@@ -225,8 +225,8 @@ async def test_bad_keys_get_a_clear_401(world: World, stack: Any) -> None:
     _, created = await new_key(world, "users.read")
     good = created.secret
     parsed = apikeys.parse(good)
-    forged, _ = apikeys.generate(parsed.tenant_id, parsed.key_id)  # right ids, wrong secret
-    other_tenant, _ = apikeys.generate(uuid.UUID(world.b.id), parsed.key_id)  # A's key id, B's tenant
+    forged, _ = apikeys.generate(parsed.tenant_id, parsed.record_id)  # right ids, wrong secret
+    other_tenant, _ = apikeys.generate(uuid.UUID(world.b.id), parsed.record_id)  # A's key id, B's tenant
     cases = {
         "truncated": (good[:-3], "malformed"),
         "typo": (good[:20] + ("A" if good[20] != "A" else "B") + good[21:], "malformed"),

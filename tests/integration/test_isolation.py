@@ -28,7 +28,8 @@ pytestmark = pytest.mark.integration
 
 #: Services whose API is not implemented yet answer UNIMPLEMENTED; nothing to prove there.
 IMPLEMENTED = {"sentinel.tenant.v1.TenantService", "sentinel.user.v1.UserService",
-               "sentinel.user.v1.AuthService", "sentinel.user.v1.ServiceAccountService"}
+               "sentinel.user.v1.AuthService", "sentinel.user.v1.ServiceAccountService",
+               "sentinel.user.v1.InvitationService"}
 PROCESS = {"tenant": "tenant", "user": "user", "audit": "audit", "scheduler": "scheduler", "common": "tenant"}
 
 TENANT_RPCS = [r for r in contracts.rpcs() if not r.public and not r.streaming]
@@ -44,6 +45,8 @@ def resource_id(world: World, rpc: contracts.Rpc) -> str:
         return world.a.id
     if rpc.service.name == "UserService":
         return world.a.member.user_id
+    if rpc.service.name == "InvitationService":
+        return world.a.invitation_id
     if rpc.service.name == "ServiceAccountService":
         return world.a.api_key_id if "ApiKey" in rpc.method.name else world.a.service_account_id
     return str(uuid.uuid4())
@@ -82,7 +85,8 @@ def fill(message: Message, world: World, rpc: contracts.Rpc, page_token: str) ->
 
 
 def a_markers(world: World) -> list[str]:
-    return [world.a.id, world.a.slug, *world.a.user_ids, world.a.service_account_id, world.a.api_key_id]
+    return [world.a.id, world.a.slug, *world.a.user_ids, world.a.service_account_id, world.a.api_key_id,
+            world.a.invitation_id]
 
 
 def aims_at_a(world: World, request: Message) -> bool:
@@ -95,7 +99,8 @@ async def a_snapshot(world: World) -> str:
     """Everything A can see of itself, as A sees it (etags change on any write)."""
     parts = []
     for rpc in contracts.rpcs():
-        if rpc.method.name in {"GetTenant", "ListUsers", "ListTenants", "ListServiceAccounts", "ListApiKeys"}:
+        if rpc.method.name in {"GetTenant", "ListUsers", "ListTenants", "ListServiceAccounts", "ListApiKeys",
+                               "ListInvitations"}:
             req = new_request(rpc)
             if "id" in req.DESCRIPTOR.fields_by_name:
                 req.id = world.a.id  # type: ignore[attr-defined]

@@ -60,6 +60,9 @@ def test_readme_api_examples_work_as_written(stack: Any) -> None:
     restored = outputs_of(text, chunks, ":restore")
     assert '"state":"TENANT_STATE_ACTIVE"' in restored and "purge_time" not in restored
     assert '"keys":[' in text and '"status"' in text
+    # An invitation accepted with its token made a user with the invited role.
+    accepted = outputs_of(text, chunks, "invitations:accept")
+    assert '"email":"new@acme.example"' in accepted and '"role":"ROLE_MEMBER"' in accepted
     # A service account's key lists users, and the key list shows its prefix, never the secret.
     assert '"users":[' in outputs_of(text, chunks, '-H "x-api-key: $KEY"')
     keys = outputs_of(text, chunks, "# no secrets")

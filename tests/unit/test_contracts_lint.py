@@ -29,6 +29,8 @@ PUBLIC_ALLOW_LIST = {
     "/sentinel.user.v1.AuthService/Login",
     "/sentinel.user.v1.AuthService/RefreshToken",
     "/sentinel.user.v1.AuthService/GetJwks",
+    # The invitee has no account yet; the single-use token is the credential.
+    "/sentinel.user.v1.InvitationService/AcceptInvitation",
 }
 HTTP_PREFIXES = ("/api/v1/", "/.well-known/")
 HTTP_BODY = "google.api.HttpBody"

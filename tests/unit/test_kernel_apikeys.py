@@ -21,7 +21,7 @@ def test_generated_keys_parse_back(tenant_id: uuid.UUID, key_id: uuid.UUID) -> N
     key, secret_hash = apikeys.generate(tenant_id, key_id)
     assert key.startswith("snt_") and len(key) == apikeys.KEY_LENGTH
     parsed = apikeys.parse(key)
-    assert (parsed.tenant_id, parsed.key_id, parsed.secret_hash) == (tenant_id, key_id, secret_hash)
+    assert (parsed.tenant_id, parsed.record_id, parsed.secret_hash) == (tenant_id, key_id, secret_hash)
     assert len(secret_hash) == 32
     assert apikeys.display_prefix(key) == key[:12]
 
@@ -62,7 +62,7 @@ def test_any_single_character_change_is_caught(tenant_id: uuid.UUID, key_id: uui
 
 def test_truncated_padded_and_foreign_prefixes_are_refused() -> None:
     key, _ = apikeys.generate(uuid.uuid4(), uuid.uuid4())
-    assert "copy the whole key" in refused(key[:-1]).message
+    assert "copy all of it" in refused(key[:-1]).message
     refused(key + "A")
     refused("sk_" + key[3:])
     refused("SNT_" + key[4:])

@@ -1,10 +1,4 @@
-"""API keys: their format, and authenticating them in every service.
-
-A key is ``snt_`` followed by the URL-safe base64 of 60 bytes: tenant id (16), key id (16),
-random secret (24) and a CRC-32 of those 56 (4). The tenant inside the key makes the lookup
-an ordinary tenant-bound query under RLS; the checksum turns typos and truncated copies into
-a clear "malformed" without a database round trip (it is not a security measure: the secret
-is). Only the SHA-256 of the secret is stored.
+"""API keys: authenticating them in every service (their format is ``sentinel.platform.opaque``).
 
 Authenticated keys are cached in memory for ``CACHE_SECONDS`` (bounded LRU), so a busy key
 costs one query a minute per process; revocation does not wait for the cache: revoked key
@@ -13,65 +7,32 @@ ids travel on the same feed as revoked sessions and are refused within a second.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import secrets
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
 
 from sqlalchemy import text
 
-from sentinel.platform import db
+from sentinel.platform import db, opaque
 from sentinel.platform.auth import PERMISSIONS, SESSION_SELF, Principal
 from sentinel.platform.errors import Unauthenticated
 
 PREFIX = "snt_"
-_SECRET_BYTES = 24
-_RAW_BYTES = 16 + 16 + _SECRET_BYTES + 4
-KEY_LENGTH = len(PREFIX) + len(base64.urlsafe_b64encode(bytes(_RAW_BYTES)))
+KEY_LENGTH = len(PREFIX) + opaque.ENCODED_LENGTH
 #: Roles a service account may have, and so the most its keys can do.
 ACCOUNT_ROLES = ("viewer", "member", "admin")
 #: How long an authenticated key is trusted without asking Postgres again.
 CACHE_SECONDS = 60.0
 CACHE_SIZE = 4096
-MALFORMED = f"the API key is malformed; copy the whole key ({PREFIX}..., {KEY_LENGTH} characters)"
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedKey:
-    tenant_id: uuid.UUID
-    key_id: uuid.UUID
-    secret_hash: bytes
-
-
-def hash_secret(secret: bytes) -> bytes:
-    return hashlib.sha256(secret).digest()
 
 
 def generate(tenant_id: uuid.UUID, key_id: uuid.UUID) -> tuple[str, bytes]:
     """A new key's text (shown once) and the hash to store."""
-    secret = secrets.token_bytes(_SECRET_BYTES)
-    body = tenant_id.bytes + key_id.bytes + secret
-    raw = body + binascii.crc32(body).to_bytes(4, "big")
-    return PREFIX + base64.urlsafe_b64encode(raw).decode(), hash_secret(secret)
+    return opaque.generate(PREFIX, tenant_id, key_id)
 
 
-def parse(key: str) -> ParsedKey:
-    """Split a key into its parts; anything that is not a well-formed key is UNAUTHENTICATED."""
-    if len(key) != KEY_LENGTH or not key.startswith(PREFIX):
-        raise Unauthenticated(MALFORMED, reason="API_KEY_MALFORMED")
-    try:
-        raw = base64.urlsafe_b64decode(key[len(PREFIX):].encode("ascii"))
-    except (ValueError, UnicodeEncodeError):
-        raise Unauthenticated(MALFORMED, reason="API_KEY_MALFORMED") from None
-    body, crc = raw[:-4], raw[-4:]
-    if len(raw) != _RAW_BYTES or not hmac.compare_digest(binascii.crc32(body).to_bytes(4, "big"), crc):
-        raise Unauthenticated(MALFORMED, reason="API_KEY_MALFORMED")
-    return ParsedKey(uuid.UUID(bytes=body[:16]), uuid.UUID(bytes=body[16:32]), hash_secret(body[32:]))
+def parse(key: str) -> opaque.Parsed:
+    return opaque.parse(key, prefix=PREFIX, what="API key", reason="API_KEY_MALFORMED")
 
 
 def display_prefix(key: str) -> str:
@@ -111,9 +72,9 @@ class ApiKeyAuthenticator:
         if not db.initialised():
             raise Unauthenticated("this service does not accept API keys", reason="API_KEY_INVALID")
         async with db.unit_of_work(tenant_id=parsed.tenant_id, platform=False) as session:
-            row = (await session.execute(_LOOKUP, {"id": parsed.key_id, "hash": parsed.secret_hash})).first()
+            row = (await session.execute(_LOOKUP, {"id": parsed.record_id, "hash": parsed.secret_hash})).first()
             if row is not None and row.revoke_time is None and not _expired(row.expire_time, now):
-                await session.execute(_TOUCH, {"id": parsed.key_id})
+                await session.execute(_TOUCH, {"id": parsed.record_id})
         if row is None:
             raise Unauthenticated("the API key is not valid", reason="API_KEY_INVALID")
         if row.revoke_time is not None:
@@ -121,7 +82,7 @@ class ApiKeyAuthenticator:
         if _expired(row.expire_time, now):
             raise Unauthenticated("this API key has expired; create a new one", reason="API_KEY_EXPIRED")
         principal = Principal(subject=str(row.service_account_id), tenant_id=parsed.tenant_id, role=row.role,
-                              session_id=str(parsed.key_id), token_id=str(parsed.key_id),
+                              session_id=str(parsed.record_id), token_id=str(parsed.record_id),
                               kind="service_account", scopes=frozenset(row.scopes))
         until = now + CACHE_SECONDS
         if row.expire_time is not None:

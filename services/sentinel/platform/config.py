@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     plan_max_api_keys: dict[str, int] = Field(default_factory=lambda: {"free": 5, "standard": 100,
                                                                        "enterprise": 10_000})
 
+    # --- invitations: how long an invitation token stays valid (and again after each resend)
+    invitation_ttl_hours: float = Field(default=72.0, gt=0)
+
     # --- tenant lifecycle: days between DeleteTenant and the purge (RestoreTenant undoes it until then)
     tenant_deletion_grace_days: float = Field(default=30.0, ge=0)
     # Every service re-reads the non-active tenants from Postgres this often, in case a state

@@ -19,7 +19,7 @@ from sentinel.common.v1 import common_pb2
 from sentinel.policy.v1 import policy_pb2
 from sentinel.scheduler.v1 import scheduler_service_pb2
 from sentinel.tenant.v1 import tenant_service_pb2
-from sentinel.user.v1 import service_account_service_pb2, user_service_pb2
+from sentinel.user.v1 import invitation_service_pb2, service_account_service_pb2, user_service_pb2
 
 Policy = policy_pb2.Policy
 TenantScope = policy_pb2.TenantScope
@@ -30,6 +30,7 @@ SERVICE_MODULES: tuple[ModuleType, ...] = (
     tenant_service_pb2,
     user_service_pb2,
     service_account_service_pb2,
+    invitation_service_pb2,
     audit_service_pb2,
     scheduler_service_pb2,
 )

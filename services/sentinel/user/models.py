@@ -1,4 +1,4 @@
-"""The ``users``, ``sessions``, ``service_accounts`` and ``api_keys`` tables."""
+"""The ``users``, ``sessions``, ``service_accounts``, ``api_keys`` and ``invitations`` tables."""
 
 from __future__ import annotations
 
@@ -73,3 +73,19 @@ class ApiKey(Base):
     expire_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     revoke_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Invitation(Base):
+    __tablename__ = "invitations"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    email: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    inviter_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    create_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expire_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    accept_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    user_id: Mapped[uuid.UUID | None] = mapped_column(UUID)

@@ -32,6 +32,8 @@ from sentinel.user.limits import enforce_plan_limit
 from sentinel.user.models import Session, User
 from sentinel.user.passwords import Passwords, check_password
 from sentinel.user.v1 import (
+    invitation_service_pb2,
+    invitation_service_pb2_grpc,
     service_account_service_pb2,
     service_account_service_pb2_grpc,
     user_pb2,
@@ -237,6 +239,7 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
 
 def spec() -> ServiceSpec:
     from sentinel.user.auth import AuthApi
+    from sentinel.user.invitations import InvitationApi
     from sentinel.user.service_accounts import ServiceAccountApi
 
     def register(server: grpc.aio.Server, runtime: Runtime) -> None:
@@ -250,8 +253,10 @@ def spec() -> ServiceSpec:
         user_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthApi(runtime, passwords, signer), server)
         service_account_service_pb2_grpc.add_ServiceAccountServiceServicer_to_server(
             ServiceAccountApi(runtime), server)
+        invitation_service_pb2_grpc.add_InvitationServiceServicer_to_server(InvitationApi(runtime, passwords), server)
 
     services = user_service_pb2.DESCRIPTOR.services_by_name
     accounts = service_account_service_pb2.DESCRIPTOR.services_by_name["ServiceAccountService"]
+    invitations = invitation_service_pb2.DESCRIPTOR.services_by_name["InvitationService"]
     return ServiceSpec(name="user", implements=[services["UserService"].full_name, services["AuthService"].full_name,
-                                                accounts.full_name], register=register)
+                                                accounts.full_name, invitations.full_name], register=register)
