@@ -105,13 +105,21 @@ def rule_permission_strict(rpc: Rpc) -> list[str]:
     return []
 
 
-def rule_mutating_audited_and_idempotency_declared(rpc: Rpc) -> list[str]:
-    """A mutating RPC is audited, and its retry semantics are declared.
+#: Public mutating RPCs run before any tenant is known, so the kernel cannot key a replay to
+#: a tenant; each is safe to repeat for its own reason.
+NOT_DEDUPLICATED = {
+    "/sentinel.user.v1.AuthService/Login": "a repeat opens one more session, nothing else",
+    "/sentinel.user.v1.AuthService/RefreshToken": "a spent token is refused (rotation)",
+    "/sentinel.user.v1.InvitationService/AcceptInvitation": "the token works once",
+}
 
-    Idempotency is satisfied by ``idempotent: true`` (deduplicated by request_id, or naturally
-    idempotent such as delete/update with etag/cancel/logout), by a ``request_id`` field, or by
-    an explicit ``idempotent: false`` that is accepted only together with an audit action
-    (Login, RefreshToken, RunPeriodicJob) so every non-retryable effect is recorded.
+
+def rule_mutating_audited_and_idempotent(rpc: Rpc) -> list[str]:
+    """Every mutating RPC is audited and idempotent: ``idempotent: true`` and a string
+    ``request_id`` field, which the kernel's interceptor deduplicates (issue 2, item 7).
+
+    Only the public RPCs of NOT_DEDUPLICATED are exempt; server-streaming ones (exports) are
+    reads that are audited.
     """
     if not rpc.mutating:
         return []
@@ -119,9 +127,12 @@ def rule_mutating_audited_and_idempotency_declared(rpc: Rpc) -> list[str]:
     p = rpc.policy
     if not p.audit_action:
         problems.append(f"{rpc.full_method}: mutating RPC without audit_action")
-    has_request_id = is_string_field(rpc.method.input_type.fields_by_name.get("request_id"))
-    if not (p.idempotent or has_request_id or (not p.idempotent and p.audit_action)):
-        problems.append(f"{rpc.full_method}: mutating RPC is neither idempotent nor audited as non-idempotent")
+    if rpc.streaming or (rpc.public and rpc.full_method in NOT_DEDUPLICATED):
+        return problems
+    if not p.idempotent:
+        problems.append(f"{rpc.full_method}: mutating RPC not declared idempotent")
+    if not is_string_field(rpc.method.input_type.fields_by_name.get("request_id")):
+        problems.append(f"{rpc.full_method}: mutating RPC without a string request_id field")
     return problems
 
 
@@ -224,7 +235,7 @@ def rule_message_names(rpc: Rpc) -> list[str]:
 PER_RPC_RULES: tuple[Rule, ...] = (
     rule_scope_specified,
     rule_permission_granted,
-    rule_mutating_audited_and_idempotency_declared,
+    rule_mutating_audited_and_idempotent,
     rule_creates_take_request_id,
     rule_audit_action_shape,
     rule_tenant_field,
@@ -424,16 +435,23 @@ def test_lint_reports_mutating_rpc_without_audit_action() -> None:
     assert any("mutating RPC without audit_action" in p for p in problems), problems
 
 
-def test_lint_reports_mutating_rpc_without_audit_or_idempotency() -> None:
-    # DeleteUser has no request_id field: clearing both leaves nothing that makes it safe.
-    broken = _with_policy(_rpc("DeleteUser"), audit_action="", idempotent=False)
-    problems = rule_mutating_audited_and_idempotency_declared(broken)
-    assert any("neither idempotent" in p for p in problems), problems
+def test_lint_reports_mutating_rpc_that_is_not_idempotent() -> None:
+    broken = _with_policy(_rpc("DeleteUser"), idempotent=False)
+    problems = rule_mutating_audited_and_idempotent(broken)
+    assert any("not declared idempotent" in p for p in problems), problems
 
 
-def test_lint_accepts_explicitly_non_idempotent_audited_rpc() -> None:
-    assert rule_mutating_audited_and_idempotency_declared(_rpc("Login")) == []
+def test_lint_reports_mutating_rpc_without_request_id() -> None:
+    rpc = _rpc("DeleteUser")
+    without = dataclasses.replace(rpc, method=_rpc("GetUser").method)  # GetUserRequest: no request_id
+    broken = _with_policy(without, audit_action="user.delete")
+    assert any("without a string request_id" in p for p in rule_mutating_audited_and_idempotent(broken))
+
+
+def test_lint_exempts_only_the_listed_public_rpcs() -> None:
+    assert rule_mutating_audited_and_idempotent(_rpc("Login")) == []
     assert not _rpc("Login").policy.idempotent
+    assert set(NOT_DEDUPLICATED) <= PUBLIC_ALLOW_LIST
 
 
 def test_lint_reports_create_without_idempotency() -> None:

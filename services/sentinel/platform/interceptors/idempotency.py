@@ -1,5 +1,6 @@
-"""Idempotent creates: a repeated ``request_id`` (or ``Idempotency-Key`` header) replays the
-first response; the same key with a different request is ABORTED.
+"""Idempotency for every mutating RPC: a repeated ``request_id`` (or ``Idempotency-Key`` header)
+within 24 hours replays the first response; the same key with a different request is ABORTED.
+Failed calls record nothing (their transaction rolled back), so a retry after an error runs again.
 
 The lookup, the handler's writes and the stored response share one transaction, so a
 response is recorded exactly when its effects are committed. Requests with the same key are
@@ -8,13 +9,14 @@ serialised by an advisory lock, so two at once give one effect and two equal res
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf import message_factory
 from google.protobuf.message import Message
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from sentinel.platform import db
@@ -23,6 +25,8 @@ from sentinel.platform.errors import Aborted, FieldViolation, InvalidArgument
 from sentinel.platform.models import IdempotencyRecord
 
 MAX_KEY_LENGTH = 200
+#: How long a key replays its first response; after that it may be used again.
+REPLAY_WINDOW = dt.timedelta(hours=24)
 _KEY_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(CAST(:key AS text) || sentinel_tenant_id()::text))")
 
 
@@ -80,6 +84,7 @@ class IdempotencyInterceptor:
                     IdempotencyRecord.tenant_id == call.db_tenant_id,
                     IdempotencyRecord.method == call.method,
                     IdempotencyRecord.key == key,
+                    IdempotencyRecord.create_time > func.now() - REPLAY_WINDOW,
                 ).with_for_update()
             )).scalar_one_or_none()
             if found is not None:
@@ -89,8 +94,12 @@ class IdempotencyInterceptor:
                 output = message_factory.GetMessageClass(call.rpc.method.output_type)
                 return output.FromString(found.response)
             response: Message = await proceed()
-            await session.execute(insert(IdempotencyRecord).values(
+            record = insert(IdempotencyRecord).values(
                 tenant_id=call.db_tenant_id, method=call.method, key=key,
-                request_hash=digest, response=stored_form(response),
-            ).on_conflict_do_nothing())
+                request_hash=digest, response=stored_form(response))
+            # A record older than the window is replaced: the key is new again.
+            await session.execute(record.on_conflict_do_update(
+                index_elements=["tenant_id", "method", "key"],
+                set_={"request_hash": record.excluded.request_hash, "response": record.excluded.response,
+                      "create_time": func.now()}))
             return response

@@ -75,8 +75,10 @@ class Policy(_message.Message):
     audit_action: _builtins.str
     """Audit action recorded for the call, e.g. "user.create". Required on every mutating RPC."""
     idempotent: _builtins.bool
-    """True when repeating the call has no further effect (reads, and creates deduplicated by
-    request_id). Only idempotent reads are retried by the gateway.
+    """True when repeating the call has no further effect: reads, and every mutating RPC, whose
+    request_id (or Idempotency-Key header) the kernel deduplicates for 24 hours. Required on
+    every mutating RPC except the public ones on the lint's allow-list. Only idempotent reads
+    are retried by the gateway.
     """
     tenant_field: _builtins.str
     """For TENANT scope: the request field that names the target tenant for platform admins
