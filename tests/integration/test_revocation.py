@@ -125,3 +125,30 @@ async def test_a_restarted_service_loads_earlier_revocations(stack: Any) -> None
     finally:
         await fresh.stop()
         await redis.aclose()
+
+
+@pytest.mark.parametrize("change", ["disable", "role", "delete"])
+async def test_disabling_demoting_or_deleting_a_user_ends_their_sessions(world: World, stack: Any,
+                                                                        change: str) -> None:
+    """Tokens carry the role and prove an account: none may outlive the change by a second."""
+    from sentinel.user.v1 import user_pb2
+
+    user_id, logins = await member_with_sessions(world, 1)
+    token = logins[0].access_token
+    assert all((await accepted(world, stack, token)).values())
+    users = usg.UserServiceStub(world.channels["user"])
+    md = world.a.owner.metadata
+    if change == "delete":
+        await users.DeleteUser(usp.DeleteUserRequest(id=user_id), metadata=md)
+    else:
+        user = user_pb2.User(id=user_id)
+        if change == "disable":
+            user.state = user_pb2.USER_STATE_DISABLED
+        else:
+            user.role = common_pb2.ROLE_VIEWER
+        await users.UpdateUser(usp.UpdateUserRequest(user=user), metadata=md)
+    assert await refused_everywhere_within(world, stack, token) < WITHIN
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await usg.AuthServiceStub(world.channels["user"]).RefreshToken(
+            usp.RefreshTokenRequest(refresh_token=logins[0].refresh_token))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -70,6 +70,13 @@ def check_grant(principal: Principal, role: str, field: str) -> None:
                                reason="ROLE_ABOVE_CALLER", metadata={"field": field})
 
 
+async def end_sessions(session: Any, user_id: Any) -> list[Any]:
+    """Mark the user's open sessions revoked; returns their ids to announce after the commit."""
+    return list(await session.scalars(
+        update(Session).where(Session.user_id == user_id, Session.revoke_time.is_(None))
+        .values(revoke_time=func.now()).returning(Session.id)))
+
+
 async def owners_left(session: Any, excluding: Any) -> int:
     count = await session.scalar(
         select(func.count()).select_from(User).where(User.role == "owner", User.id != excluding,
@@ -186,6 +193,9 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
             if losing_owner and await owners_left(session, row.id) == 0:
                 raise FailedPrecondition("a tenant needs at least one active owner; make another "
                                          "user owner first", reason="LAST_OWNER")
+            # Tokens carry the role: a new role, or an account no longer active, ends its sessions.
+            ends_sessions = values.get("role", row.role) != row.role or values.get("state", "active") != "active"
+            ended: list[Any] = []
             if values:
                 try:
                     await session.execute(
@@ -194,8 +204,12 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
                 except IntegrityError:
                     raise AlreadyExists("a user with this e-mail already exists in the tenant",
                                         reason="USER_EMAIL_TAKEN") from None
+                if ends_sessions:
+                    ended = await end_sessions(session, user_id)
                 await session.refresh(row)
-            return user_service_pb2.UpdateUserResponse(user=to_proto(row))
+            response = user_service_pb2.UpdateUserResponse(user=to_proto(row))
+        await revocation.announce(self.settings, ended)
+        return response
 
     async def DeleteUser(self, request: user_service_pb2.DeleteUserRequest,
                          context: Context) -> user_service_pb2.DeleteUserResponse:
@@ -215,7 +229,9 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
             if row.role == "owner" and await owners_left(session, row.id) == 0:
                 raise FailedPrecondition("the last owner of a tenant cannot be deleted",
                                          reason="LAST_OWNER")
+            ended = await end_sessions(session, user_id)  # their rows go with the user; the tokens must too
             await session.execute(delete(User).where(User.id == user_id))
+        await revocation.announce(self.settings, ended)
         return user_service_pb2.DeleteUserResponse()
 
     async def RevokeUserSessions(self, request: user_service_pb2.RevokeUserSessionsRequest,
@@ -230,9 +246,7 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
             if RANK.get(row.role, 0) > RANK.get(principal.role, 0):
                 raise PermissionDenied("you cannot end the sessions of a user whose role is above yours",
                                        reason="TARGET_ABOVE_CALLER")
-            revoked = list(await session.scalars(
-                update(Session).where(Session.user_id == user_id, Session.revoke_time.is_(None))
-                .values(revoke_time=func.now()).returning(Session.id)))
+            revoked = await end_sessions(session, user_id)
         await revocation.announce(self.settings, revoked)
         return user_service_pb2.RevokeUserSessionsResponse(revoked_sessions=len(revoked))
 
