@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     jwt_keys_reload_seconds: float = Field(default=10.0, gt=0)
     access_token_ttl_seconds: int = 600
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    # A refresh token presented again this soon after its rotation is a client's concurrent
+    # refresh (refused, the session kept); later it is reuse of a stolen copy (session ended).
+    refresh_reuse_grace_seconds: float = Field(default=2.0, ge=0)
     # Secret for signing page tokens (32+ bytes); give it as SENTINEL_PAGE_TOKEN_SECRET_FILE.
     page_token_secret: SecretStr = SecretStr("")
 

@@ -149,15 +149,24 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
             if row is None or row.revoke_time is not None or row.expire_time < dt.datetime.now(dt.UTC):
                 raise invalid
             user = await session.get(User, row.user_id)
-            if row.refresh_token_hash != _hash(claims.token_id):
+            presented = _hash(claims.token_id)
+            now = dt.datetime.now(dt.UTC)
+            if presented != row.refresh_token_hash:
+                grace = dt.timedelta(seconds=self.settings.refresh_reuse_grace_seconds)
+                if presented == row.previous_refresh_token_hash and now - row.last_refresh_time <= grace:
+                    # The same client refreshing twice at once (or retrying): one wins, the
+                    # other is told to use the new token; the session lives on.
+                    raise Unauthenticated("this refresh token was just used; use the one that came back",
+                                          reason="REFRESH_RACE")
                 # A spent refresh token came back: someone holds a copy. End the whole session.
-                row.revoke_time = dt.datetime.now(dt.UTC)
+                row.revoke_time = now
                 reused = True
             elif user is None or user.state != "active":
                 raise invalid
             else:
+                row.previous_refresh_token_hash = row.refresh_token_hash
                 row.refresh_token_hash = _hash(new_refresh_id)
-                row.last_refresh_time = dt.datetime.now(dt.UTC)
+                row.last_refresh_time = now
         if reused:
             await revocation.announce(self.settings, [session_id])
         if reused or user is None:

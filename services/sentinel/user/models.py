@@ -40,6 +40,9 @@ class Session(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(UUID)
     user_id: Mapped[uuid.UUID] = mapped_column(UUID)
     refresh_token_hash: Mapped[str] = mapped_column(Text)
+    # The hash before the last rotation: presented again within the grace period it is a
+    # client's concurrent or retried refresh, not a stolen copy.
+    previous_refresh_token_hash: Mapped[str | None] = mapped_column(Text)
     create_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_refresh_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expire_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
