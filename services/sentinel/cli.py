@@ -65,6 +65,29 @@ def _admin_purge_tenants(ns: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _admin_import_users(ns: argparse.Namespace) -> int:
+    from sentinel.platform import db
+    from sentinel.platform.config import get_settings
+    from sentinel.platform.errors import SentinelError
+    from sentinel.user.importer import ImportRefused, import_users
+
+    async def run() -> int:
+        settings = get_settings()
+        db.init(settings)
+        try:
+            count = await import_users(settings, ns.tenant, ns.file.read_text(encoding="utf-8"))
+        except (ImportRefused, SentinelError) as e:
+            problems = e.problems if isinstance(e, ImportRefused) else [e.message]
+            print("sentinel admin import-users: nothing imported:", *problems, sep="\n  ", file=sys.stderr)
+            return 2
+        finally:
+            await db.dispose()
+        print(f"imported {count} user(s) into {ns.tenant}; their passwords are upgraded to argon2id at login")
+        return 0
+
+    return asyncio.run(run())
+
+
 def _admin_keygen(ns: argparse.Namespace) -> int:
     from sentinel.platform.keys import generate_signing_key
 
@@ -112,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = admin.add_parser("purge-tenants", help="purge tenants whose deletion grace period has passed")
     p.add_argument("--batch", type=int, default=1000, help="rows deleted per transaction")
     p.set_defaults(func=_admin_purge_tenants)
+
+    p = admin.add_parser("import-users", help="import users with bcrypt/argon2id hashes from a CSV file")
+    p.add_argument("--tenant", required=True, help="tenant slug")
+    p.add_argument("file", type=Path, help="CSV with the header email,display_name,role,password_hash")
+    p.set_defaults(func=_admin_import_users)
 
     p = admin.add_parser("keygen", help="create an Ed25519 token-signing key pair (for rotation)")
     p.add_argument("directory", type=Path, help="key directory; public keys go to DIRECTORY/public")

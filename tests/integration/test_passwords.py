@@ -104,3 +104,62 @@ async def test_change_password_over_rest(world: World, stack: Any) -> None:
         assert ok.json() == {"revoked_sessions": 0}
         assert (await http.post("/api/v1/auth/password:change",
                                 json={"current_password": "x", "new_password": "y"})).status_code == 401
+
+
+async def run_import(stack: Any, slug: str, csv_text: str, tmp_path: Any) -> tuple[int, str, str]:
+    import asyncio
+    import os
+    import sys
+
+    path = tmp_path / "users.csv"
+    path.write_text(csv_text)
+    env = {**os.environ, "SENTINEL_DATABASE_URL": stack.app_url,
+           "SENTINEL_PLAN_MAX_USERS": '{"free": 1000, "standard": 3}'}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "sentinel", "admin", "import-users",
+                                                "--tenant", slug, str(path), env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_import_users_with_old_hashes_all_or_nothing(world: World, stack: Any, tmp_path: Any) -> None:
+    tag = uuid.uuid4().hex[:6]
+    legacy = bcrypt.hashpw(b"my password from before", bcrypt.gensalt(rounds=4)).decode()
+    good = (f"email,display_name,role,password_hash\n"
+            f"old-{tag}@a.example.com,Old Timer,admin,{legacy}\n"
+            f"older-{tag}@a.example.com,,member,{legacy}\n")
+    # One bad row (and a duplicate) refuse the whole file, naming the lines.
+    bad = good + f"broken,,member,plaintext\nOLD-{tag}@a.example.com,,member,{legacy}\n"
+    code, _, err = await run_import(stack, world.a.slug, bad, tmp_path)
+    assert code == 2 and "nothing imported" in err
+    assert "line 4: email must be an e-mail address" in err and "line 4: password_hash" in err
+    assert "line 5: email appears twice" in err
+    with pytest.raises(grpc.aio.AioRpcError):
+        await login(world, f"old-{tag}@a.example.com", "my password from before")
+
+    code, out, err = await run_import(stack, world.a.slug, good, tmp_path)
+    assert code == 0 and "imported 2 user(s)" in out, err
+    reply = await login(world, f"old-{tag}@a.example.com", "my password from before")
+    me = await usg.AuthServiceStub(world.channels["user"]).WhoAmI(
+        usp.WhoAmIRequest(), metadata=(("authorization", f"Bearer {reply.access_token}"),))
+    assert me.role == common_pb2.ROLE_ADMIN and me.tenant_id == world.a.id
+    assert (await stored_hash(stack.owner_url, world.a.id, f"old-{tag}@a.example.com")).startswith("$argon2id$")
+    # The same file again: they exist now, and nothing changes.
+    code, _, err = await run_import(stack, world.a.slug, good, tmp_path)
+    assert code == 2 and "already a user" in err
+    code, _, err = await run_import(stack, "no-such-tenant", good, tmp_path)
+    assert code == 2 and "no tenant" in err
+
+
+async def test_import_respects_the_plan_limit(world: World, stack: Any, tmp_path: Any) -> None:
+    from sentinel.tenant.v1 import tenant_pb2
+    from sentinel.tenant.v1 import tenant_service_pb2 as tsp
+    from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
+
+    slug = f"imp-{uuid.uuid4().hex[:8]}"
+    await tsg.TenantServiceStub(world.channels["tenant"]).CreateTenant(tsp.CreateTenantRequest(
+        slug=slug, display_name="Import", plan=tenant_pb2.TENANT_PLAN_STANDARD), metadata=world.admin.metadata)
+    legacy = bcrypt.hashpw(b"x", bcrypt.gensalt(rounds=4)).decode()
+    rows = "".join(f"u{i}@imp.example.com,,member,{legacy}\n" for i in range(4))
+    code, _, err = await run_import(stack, slug, "email,display_name,role,password_hash\n" + rows, tmp_path)
+    assert code == 2 and "allows 3 users and it has 0" in err, err

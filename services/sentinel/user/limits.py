@@ -17,8 +17,8 @@ _LOCK = text("SELECT pg_advisory_xact_lock(hashtext(CAST(:key AS text) || sentin
 
 
 async def enforce_plan_limit(session: Any, limits: dict[str, int], *, resource: str, count: Select[Any],
-                             reason: str) -> None:
-    """Refuse with RESOURCE_EXHAUSTED when the bound tenant already has its plan's maximum."""
+                             reason: str, adding: int = 1) -> None:
+    """Refuse with RESOURCE_EXHAUSTED when ``adding`` more would exceed the bound tenant's plan."""
     plan = await session.scalar(_PLAN)
     if plan is None:
         raise NotFound("the tenant was not found", reason="TENANT_NOT_FOUND")
@@ -27,6 +27,6 @@ async def enforce_plan_limit(session: Any, limits: dict[str, int], *, resource: 
         return
     await session.execute(_LOCK, {"key": f"sentinel.{resource}:"})
     have = int(await session.scalar(count) or 0)
-    if have >= limit:
+    if have + adding > limit:
         raise ResourceExhausted(f"the tenant's plan '{plan}' allows {limit} {resource} and it has {have}; "
                                 f"remove {resource} or change the plan", reason=reason)
