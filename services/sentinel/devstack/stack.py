@@ -359,8 +359,8 @@ class Stack:
             env["SENTINEL_SERVICE"] = name
             env["SENTINEL_GRPC_PORT"] = str(self.ports.grpc[name])
             env["SENTINEL_METRICS_PORT"] = str(self.ports.metrics[name])
-            if name == "user":  # only the user service holds the signing key
-                env["SENTINEL_JWT_SIGNING_KEY_FILE"] = str(sorted(self.keys_dir.glob("*.key.pem"))[-1])
+            if name == "user":  # only the user service holds the signing keys
+                env["SENTINEL_JWT_SIGNING_KEYS_DIR"] = str(self.keys_dir)
         env.update(self.extra_env)
         return env
 

@@ -246,6 +246,65 @@ class TokenSigner:
         return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
 
 
+class RotatingSigner:
+    """Signs with the newest key of a directory that every verifier has had long enough.
+
+    ``directory`` holds ``<kid>.key.pem`` files. A key becomes active once its public key has
+    been in ``public_dir`` for ``activation_seconds`` (the file's modification time), which must
+    cover every service's key reload and Envoy's JWKS cache: a new kid is published before any
+    token carries it, and signing switches to it without a restart. Until some key is that
+    old (a fresh install) the oldest key signs.
+    """
+
+    def __init__(self, directory: Path, public_dir: Path, *, issuer: str, audience: str,
+                 activation_seconds: float, reload_seconds: float = 10.0) -> None:
+        self._directory = directory
+        self._public_dir = public_dir
+        self._issuer = issuer
+        self._audience = audience
+        self._activation = activation_seconds
+        self._reload_seconds = reload_seconds
+        self._signer: TokenSigner | None = None
+        self._checked_at = -float("inf")
+        self.current()  # fail at start-up, not at the first login, when no key is usable
+
+    def _choose(self) -> Path:
+        published: dict[Path, float] = {}
+        for path in self._directory.glob("*.key.pem"):
+            public = self._public_dir / f"{path.name.removesuffix('.key.pem')}.pub.pem"
+            if public.exists():
+                published[path] = public.stat().st_mtime
+        if not published:
+            raise ValueError(f"no *.key.pem in {self._directory} with its public key in {self._public_dir}")
+        ready = [p for p, t in published.items() if time.time() - t >= self._activation]
+        if ready:
+            return max(ready, key=lambda p: (published[p], p.name))
+        return min(published, key=lambda p: (published[p], p.name))
+
+    def current(self) -> TokenSigner:
+        if self._signer is None or time.monotonic() - self._checked_at >= self._reload_seconds:
+            self._checked_at = time.monotonic()
+            try:
+                path = self._choose()
+            except (OSError, ValueError):
+                if self._signer is None:
+                    raise
+                log.exception("signing keys not re-read; keeping the current key")
+                return self._signer
+            if self._signer is None or path.name != f"{self._signer.kid}.key.pem":
+                self._signer = TokenSigner.from_file(path, issuer=self._issuer, audience=self._audience)
+                log.info("signing with key", extra={"kid": self._signer.kid})
+        return self._signer
+
+    @property
+    def kid(self) -> str:
+        return self.current().kid
+
+    def sign(self, principal: Principal, *, ttl_seconds: int, use: str = "access",
+             extra: dict[str, Any] | None = None) -> str:
+        return self.current().sign(principal, ttl_seconds=ttl_seconds, use=use, extra=extra)
+
+
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
     """The token from ``authorization: Bearer <token>``, or None when absent."""
     for key, value in metadata:

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     jwt_public_keys_dir: Path | None = None
     # Ed25519 private key <kid>.key.pem used to sign; only the user service needs it.
     jwt_signing_key_file: Path | None = None
+    # Or a directory of <kid>.key.pem: the user service signs with the newest key whose public key
+    # has been in jwt_public_keys_dir for jwt_key_activation_seconds (rotation without restarts).
+    jwt_signing_keys_dir: Path | None = None
+    # Must exceed every service's key reload (jwt_keys_reload_seconds) and Envoy's JWKS cache (300 s).
+    jwt_key_activation_seconds: float = Field(default=330.0, ge=0)
     # How often (at most) the public key directory is read again for rotated keys.
     jwt_keys_reload_seconds: float = Field(default=10.0, gt=0)
     access_token_ttl_seconds: int = 600

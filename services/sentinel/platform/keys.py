@@ -1,8 +1,9 @@
 """Token-signing keys on disk: ``<kid>.key.pem`` (private, 0600) and ``public/<kid>.pub.pem``.
 
 Rotation: generate a new key and hand its public half to every service first (they accept
-every key in the directory); switch the user service's signing key once JWKS shows it; delete
-the old public key after the longest token lifetime has passed.
+every key in the directory); the user service signs with it once it has been published for
+the activation delay (``RotatingSigner``); delete the old pair after the longest token
+lifetime has passed.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from sentinel.platform import db, kv, revocation
 from sentinel.platform.auth import (
     ROLE_BY_NAME,
     Principal,
+    RotatingSigner,
     TokenSigner,
     TokenVerifier,
     public_jwk,
@@ -50,7 +51,7 @@ def _hash(token_id: str) -> str:
 
 
 class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
-    def __init__(self, runtime: Runtime, passwords: Passwords, signer: TokenSigner) -> None:
+    def __init__(self, runtime: Runtime, passwords: Passwords, signer: TokenSigner | RotatingSigner) -> None:
         self.settings = runtime.settings
         self.passwords = passwords
         self.signer = signer

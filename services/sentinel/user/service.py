@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from sentinel.common.v1 import common_pb2
 from sentinel.platform import db, revocation
-from sentinel.platform.auth import PLATFORM_TENANT_ID, RANK, Principal, TokenSigner
+from sentinel.platform.auth import PLATFORM_TENANT_ID, RANK, Principal, RotatingSigner, TokenSigner
 from sentinel.platform.calls import require_call
 from sentinel.platform.convert import EnumText, timestamp, update_paths
 from sentinel.platform.errors import (
@@ -258,10 +258,18 @@ def spec() -> ServiceSpec:
 
     def register(server: grpc.aio.Server, runtime: Runtime) -> None:
         settings = runtime.settings
-        if settings.jwt_signing_key_file is None:
-            raise RuntimeError("the user service needs SENTINEL_JWT_SIGNING_KEY_FILE")
-        signer = TokenSigner.from_file(settings.jwt_signing_key_file, issuer=settings.jwt_issuer,
-                                       audience=settings.jwt_audience)
+        signer: TokenSigner | RotatingSigner
+        if settings.jwt_signing_keys_dir is not None and settings.jwt_public_keys_dir is not None:
+            signer = RotatingSigner(settings.jwt_signing_keys_dir, settings.jwt_public_keys_dir,
+                                    issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+                                    activation_seconds=settings.jwt_key_activation_seconds,
+                                    reload_seconds=settings.jwt_keys_reload_seconds)
+        elif settings.jwt_signing_key_file is not None:
+            signer = TokenSigner.from_file(settings.jwt_signing_key_file, issuer=settings.jwt_issuer,
+                                           audience=settings.jwt_audience)
+        else:
+            raise RuntimeError("the user service needs SENTINEL_JWT_SIGNING_KEYS_DIR (with "
+                               "SENTINEL_JWT_PUBLIC_KEYS_DIR) or SENTINEL_JWT_SIGNING_KEY_FILE")
         passwords = Passwords(settings)
         user_service_pb2_grpc.add_UserServiceServicer_to_server(UserApi(runtime, passwords), server)
         user_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthApi(runtime, passwords, signer), server)
