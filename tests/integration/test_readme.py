@@ -53,6 +53,9 @@ def test_readme_api_examples_work_as_written(stack: Any) -> None:
     assert '"slug":"acme"' in text and '"display_name":"Acme Corporation"' in text
     assert '"email":"dev@acme.example"' in text
     assert "HTTP/1.1 404" in text  # the owner asking for the platform tenant
+    # The session walk: /users/me, a refresh, a logout that ends the session.
+    assert '"email":"dev@acme.example"' in outputs_of(text, chunks, 'users/me -H "authorization: Bearer $DEV"')
+    assert "session has ended" in outputs_of(text, chunks, "# 401: the session has ended")
     # The lifecycle walk: suspended (the owner is refused, with the reason), pending deletion, restored.
     assert '"state":"TENANT_STATE_SUSPENDED"' in text
     assert "your tenant is suspended (invoice 2026-117 overdue)" in text
