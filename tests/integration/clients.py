@@ -77,3 +77,12 @@ def _drop(body: dict[str, Any], parts: list[str]) -> None:
         if not isinstance(body, dict):
             return
     body.pop(parts[-1], None)
+
+
+async def status_of(call: Any) -> grpc.StatusCode:
+    """The status an RPC ends with (OK or the error's code)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK

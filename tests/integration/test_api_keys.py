@@ -26,6 +26,7 @@ from sentinel.user.v1 import service_account_service_pb2_grpc as sag
 from sentinel.user.v1 import user_service_pb2 as usp
 from sentinel.user.v1 import user_service_pb2_grpc as usg
 
+from tests.integration.clients import status_of
 from tests.integration.conftest import PASSWORD, World
 
 pytestmark = pytest.mark.integration
@@ -55,21 +56,13 @@ def as_header(key: str) -> tuple[tuple[str, str], ...]:
     return (("x-api-key", key),)
 
 
-async def code_of(call: Any) -> grpc.StatusCode:
-    try:
-        await call
-    except grpc.aio.AioRpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
-
-
 async def uses(world: World, stack: Any, key: str) -> dict[str, Any]:
     """What the user service, the tenant service and REST (both header forms) answer this key."""
     async with httpx.AsyncClient(base_url=stack.rest_url, timeout=5) as http:
         return {
-            "user": await code_of(usg.UserServiceStub(world.channels["user"]).ListUsers(
+            "user": await status_of(usg.UserServiceStub(world.channels["user"]).ListUsers(
                 usp.ListUsersRequest(), metadata=as_bearer(key))),
-            "tenant": await code_of(tsg.TenantServiceStub(world.channels["tenant"]).GetTenant(
+            "tenant": await status_of(tsg.TenantServiceStub(world.channels["tenant"]).GetTenant(
                 tsp.GetTenantRequest(id=world.a.id), metadata=as_header(key))),
             "rest_bearer": (await http.get("/api/v1/users", headers={"authorization": f"Bearer {key}"})).status_code,
             "rest_header": (await http.get(f"/api/v1/tenants/{world.a.id}", headers={"x-api-key": key})).status_code,
@@ -142,15 +135,15 @@ async def test_scopes_limit_what_a_key_can_do(world: World) -> None:
     _, created = await new_key(world, "users.read")
     key = created.secret
     users = usg.UserServiceStub(world.channels["user"])
-    assert await code_of(users.ListUsers(usp.ListUsersRequest(), metadata=as_bearer(key))) == grpc.StatusCode.OK
+    assert await status_of(users.ListUsers(usp.ListUsersRequest(), metadata=as_bearer(key))) == grpc.StatusCode.OK
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await tsg.TenantServiceStub(world.channels["tenant"]).GetTenant(tsp.GetTenantRequest(id=world.a.id),
                                                                         metadata=as_bearer(key))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "tenants.read" in str(err.value.details())
-    assert await code_of(users.CreateUser(usp.CreateUserRequest(email="k@a.example.com", password=PASSWORD),
+    assert await status_of(users.CreateUser(usp.CreateUserRequest(email="k@a.example.com", password=PASSWORD),
                                           metadata=as_bearer(key))) == grpc.StatusCode.PERMISSION_DENIED
     # A key has no session: WhoAmI, Logout and password changes are for people.
-    assert await code_of(usg.AuthServiceStub(world.channels["user"]).WhoAmI(
+    assert await status_of(usg.AuthServiceStub(world.channels["user"]).WhoAmI(
         usp.WhoAmIRequest(), metadata=as_bearer(key))) == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -181,13 +174,13 @@ async def test_creating_keys_is_validated(world: World) -> None:
         "bad account id": sap.CreateApiKeyRequest(service_account_id="nope", scopes=["users.read"]),
     }
     for name, request in cases.items():
-        assert await code_of(accounts(world).CreateApiKey(request, metadata=owner)) == \
+        assert await status_of(accounts(world).CreateApiKey(request, metadata=owner)) == \
             grpc.StatusCode.INVALID_ARGUMENT, name
     for role in (common_pb2.ROLE_OWNER, common_pb2.ROLE_PLATFORM_ADMIN, common_pb2.ROLE_UNSPECIFIED):
-        assert await code_of(accounts(world).CreateServiceAccount(sap.CreateServiceAccountRequest(
+        assert await status_of(accounts(world).CreateServiceAccount(sap.CreateServiceAccountRequest(
             display_name="x", role=role), metadata=owner)) == grpc.StatusCode.INVALID_ARGUMENT, role
     # Members manage no service accounts.
-    assert await code_of(accounts(world).CreateServiceAccount(sap.CreateServiceAccountRequest(
+    assert await status_of(accounts(world).CreateServiceAccount(sap.CreateServiceAccountRequest(
         display_name="x", role=common_pb2.ROLE_VIEWER), metadata=world.a.member.metadata)) == \
         grpc.StatusCode.PERMISSION_DENIED
 
@@ -272,10 +265,10 @@ async def test_a_suspended_tenants_keys_stop(world: World, stack: Any) -> None:
     assert t.api_key is not None
     md = as_bearer(t.api_key.token)
     users = usg.UserServiceStub(world.channels["user"])
-    assert await code_of(users.ListUsers(usp.ListUsersRequest(), metadata=md)) == grpc.StatusCode.OK
+    assert await status_of(users.ListUsers(usp.ListUsersRequest(), metadata=md)) == grpc.StatusCode.OK
     await tsg.TenantServiceStub(world.channels["tenant"]).SuspendTenant(
         tsp.SuspendTenantRequest(id=t.id, reason="audit"), metadata=world.admin.metadata)
     start = time.monotonic()
-    while await code_of(users.ListUsers(usp.ListUsersRequest(), metadata=md)) != grpc.StatusCode.FAILED_PRECONDITION:
+    while await status_of(users.ListUsers(usp.ListUsersRequest(), metadata=md)) != grpc.StatusCode.FAILED_PRECONDITION:
         assert time.monotonic() - start < WITHIN
         await asyncio.sleep(0.02)

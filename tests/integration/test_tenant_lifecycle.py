@@ -26,7 +26,7 @@ from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
 from sentinel.user.v1 import user_service_pb2 as usp
 from sentinel.user.v1 import user_service_pb2_grpc as usg
 
-from tests.integration.clients import Principal
+from tests.integration.clients import Principal, status_of
 from tests.integration.conftest import PASSWORD, Tenant, World, make_tenant
 
 pytestmark = pytest.mark.integration
@@ -46,21 +46,13 @@ async def fresh_tenant(world: World) -> Tenant:
     return await make_tenant(world.channels, world.admin, "life")
 
 
-async def outcome(call: Any) -> grpc.StatusCode:
-    try:
-        await call
-    except grpc.aio.AioRpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
-
-
 async def access(world: World, stack: Any, who: Principal) -> dict[str, Any]:
     """What each service (and the REST edge) answers this tenant principal."""
     md = who.metadata
     out: dict[str, Any] = {
-        "tenant": await outcome(tenants(world).GetTenant(tsp.GetTenantRequest(id=who.tenant_id), metadata=md)),
-        "user": await outcome(users(world).ListUsers(usp.ListUsersRequest(), metadata=md)),
-        "whoami": await outcome(usg.AuthServiceStub(world.channels["user"]).WhoAmI(usp.WhoAmIRequest(),
+        "tenant": await status_of(tenants(world).GetTenant(tsp.GetTenantRequest(id=who.tenant_id), metadata=md)),
+        "user": await status_of(users(world).ListUsers(usp.ListUsersRequest(), metadata=md)),
+        "whoami": await status_of(usg.AuthServiceStub(world.channels["user"]).WhoAmI(usp.WhoAmIRequest(),
                                                                                    metadata=md)),
     }
     async with httpx.AsyncClient(base_url=stack.rest_url, timeout=5) as http:
@@ -187,7 +179,7 @@ async def test_a_suspension_survives_delete_and_restore(world: World) -> None:
     await tenants(world).DeleteTenant(tsp.DeleteTenantRequest(id=t.id), metadata=admin)
     restored = (await tenants(world).RestoreTenant(tsp.RestoreTenantRequest(id=t.id), metadata=admin)).tenant
     assert restored.state == tenant_pb2.TENANT_STATE_SUSPENDED and restored.suspension_reason == REASON
-    assert await outcome(users(world).ListUsers(usp.ListUsersRequest(), metadata=t.owner.metadata)) == \
+    assert await status_of(users(world).ListUsers(usp.ListUsersRequest(), metadata=t.owner.metadata)) == \
         grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -288,5 +280,5 @@ async def test_purge_after_the_grace_period_deletes_the_data_and_keeps_a_tombsto
         await usg.AuthServiceStub(world.channels["user"]).Login(
             usp.LoginRequest(tenant=t.slug, email=f"owner@{t.slug}.example.com", password=PASSWORD))
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # the account no longer exists
-    assert await outcome(users(world).ListUsers(usp.ListUsersRequest(), metadata=t.owner.metadata)) == \
+    assert await status_of(users(world).ListUsers(usp.ListUsersRequest(), metadata=t.owner.metadata)) == \
         grpc.StatusCode.FAILED_PRECONDITION

@@ -26,6 +26,16 @@ def downgrade(owner_url: str, *, revision: str, app_role: str = "sentinel_app") 
     command.downgrade(alembic_config(owner_url, app_role=app_role), revision)
 
 
+def app_role() -> str:
+    """The service role the migration grants to (``sentinel_app`` unless configured)."""
+    from alembic import context
+
+    role = str(context.config.attributes.get("app_role", "sentinel_app"))
+    if not role.replace("_", "").isalnum():
+        raise ValueError(f"invalid role name {role!r}")
+    return role
+
+
 def execute_script(sql: str) -> None:
     """Run a multi-statement SQL script inside a migration, in its transaction.
 

@@ -13,8 +13,7 @@ sets for platform administrators.
 
 from __future__ import annotations
 
-from alembic import context
-from sentinel.platform.migrate import execute_script
+from sentinel.platform.migrate import app_role, execute_script
 
 revision = "0001"
 down_revision = None
@@ -23,13 +22,6 @@ depends_on = None
 
 PLATFORM_TENANT = "00000000-0000-7000-8000-000000000001"
 TENANT_TABLES = ("users", "sessions", "idempotency_keys")
-
-
-def app_role() -> str:
-    role = str(context.config.attributes.get("app_role", "sentinel_app"))
-    if not role.replace("_", "").isalnum():
-        raise ValueError(f"invalid role name {role!r}")
-    return role
 
 
 def upgrade() -> None:

@@ -11,8 +11,7 @@ tenant-bound lookup under RLS, with no function that reads across tenants.
 
 from __future__ import annotations
 
-from alembic import context
-from sentinel.platform.migrate import execute_script
+from sentinel.platform.migrate import app_role, execute_script
 
 revision = "0004"
 down_revision = "0003"
@@ -20,13 +19,6 @@ branch_labels = None
 depends_on = None
 
 TABLES = ("service_accounts", "api_keys")
-
-
-def app_role() -> str:
-    role = str(context.config.attributes.get("app_role", "sentinel_app"))
-    if not role.replace("_", "").isalnum():
-        raise ValueError(f"invalid role name {role!r}")
-    return role
 
 
 def upgrade() -> None:

@@ -10,20 +10,12 @@ At most one pending invitation per tenant and e-mail (case-insensitive).
 
 from __future__ import annotations
 
-from alembic import context
-from sentinel.platform.migrate import execute_script
+from sentinel.platform.migrate import app_role, execute_script
 
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
-
-
-def app_role() -> str:
-    role = str(context.config.attributes.get("app_role", "sentinel_app"))
-    if not role.replace("_", "").isalnum():
-        raise ValueError(f"invalid role name {role!r}")
-    return role
 
 
 def upgrade() -> None:
