@@ -97,6 +97,48 @@ def _admin_keygen(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_verify(ns: argparse.Namespace) -> int:
+    from sentinel.audit.ndjson import verify_file
+
+    try:
+        verdict = verify_file(ns.file)
+    except (OSError, ValueError) as e:
+        print(f"sentinel audit verify: {e}", file=sys.stderr)
+        return 2
+    if verdict.ok:
+        print(f"OK: {verdict.checked} event(s), chain head {verdict.head_sequence} {verdict.head_hash}")
+        return 0
+    print(f"BROKEN at sequence {verdict.broken_sequence}: {verdict.problem} "
+          f"({verdict.checked} event(s) before it verified)")
+    return 1
+
+
+def _audit_export(ns: argparse.Namespace) -> int:
+    from sqlalchemy import text
+
+    from sentinel.audit import ndjson, store
+    from sentinel.platform import db
+    from sentinel.platform.config import get_settings
+
+    async def run() -> int:
+        db.init(get_settings())
+        try:
+            async with db.unit_of_work(tenant_id=None, platform=False) as session:
+                tenant = (await session.execute(text("SELECT id FROM sentinel_resolve_tenant(:slug)"),
+                                                {"slug": ns.tenant})).first()
+            if tenant is None:
+                print(f"sentinel audit export: no tenant with slug '{ns.tenant}'", file=sys.stderr)
+                return 2
+            with ns.output.open("w", encoding="utf-8") as out:
+                async for page in store.events(tenant.id):
+                    out.writelines(ndjson.line(event) + "\n" for event in page)
+        finally:
+            await db.dispose()
+        return 0
+
+    return asyncio.run(run())
+
+
 def _gateway_render(ns: argparse.Namespace) -> int:
     from sentinel.gateway import envoy
 
@@ -145,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", type=Path, help="key directory; public keys go to DIRECTORY/public")
     p.add_argument("--kid", default="", help="key id (default: key-<date>-<random>)")
     p.set_defaults(func=_admin_keygen)
+
+    audit = sub.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit", required=True)
+    p = audit.add_parser("verify", help="verify an exported audit chain offline (no database)")
+    p.add_argument("file", type=Path, help="NDJSON export, one event per line in sequence order")
+    p.set_defaults(func=_audit_verify)
+    p = audit.add_parser("export", help="export a tenant's audit chain as NDJSON (operators; database access)")
+    p.add_argument("--tenant", required=True, help="tenant slug")
+    p.add_argument("-o", "--output", type=Path, required=True, help="file to write")
+    p.set_defaults(func=_audit_export)
 
     gateway = sub.add_parser("gateway", help="Envoy gateway tools").add_subparsers(dest="gateway", required=True)
     p = gateway.add_parser("render", help="print the dev Envoy config generated from the contracts")
