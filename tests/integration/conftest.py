@@ -72,6 +72,8 @@ class Tenant:
     api_key: Principal | None = None
     #: A pending invitation.
     invitation_id: str = ""
+    #: An event of the tenant's audit chain.
+    audit_event_id: str = ""
 
 
 @dataclass
@@ -125,7 +127,29 @@ async def make_tenant(channels: dict[str, grpc.aio.Channel], admin: Principal, n
 
 
 @pytest.fixture(scope="session")
-async def world(stack: Any) -> AsyncIterator[World]:
+async def kernel_db(stack: Stack) -> AsyncIterator[None]:
+    """The kernel's database layer in this process, as the service role (e.g. to append audit events)."""
+    from pydantic import SecretStr
+    from sentinel.platform import db
+    from sentinel.platform.config import Settings
+
+    db.init(Settings(database_url=SecretStr(stack.app_url)))
+    yield
+    await db.dispose()
+
+
+async def append_audit_event(tenant_id: str, **fields: Any) -> str:
+    from sentinel.audit import store
+    from sentinel.platform import db
+
+    tenant = uuid.UUID(tenant_id)
+    async with db.unit_of_work(tenant_id=tenant, platform=False) as session:
+        rows = await store.append(session, tenant, [{"action": "test.event", "actor_type": "system", **fields}])
+    return str(rows[0]["id"])
+
+
+@pytest.fixture(scope="session")
+async def world(stack: Any, kernel_db: None) -> AsyncIterator[World]:
     channels = {name: grpc.aio.insecure_channel(stack.service_target(name))
                 for name in ("tenant", "user", "audit", "scheduler")}
     token, user_id = await login(channels["user"], "platform", stack.admin_email, stack.admin_password)
@@ -134,6 +158,8 @@ async def world(stack: Any) -> AsyncIterator[World]:
     admin = Principal("platform-admin", str(PLATFORM_TENANT_ID), user_id, token)
     a = await make_tenant(channels, admin, "alpha")
     b = await make_tenant(channels, admin, "bravo")
+    for t in (a, b):
+        t.audit_event_id = await append_audit_event(t.id, target_type="tenant", target_id=t.id)
     yield World(admin, a, b, channels)
     for ch in channels.values():
         await ch.close()

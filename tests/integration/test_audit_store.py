@@ -7,16 +7,13 @@ import asyncio
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from pydantic import SecretStr
 from sentinel.audit import store
 from sentinel.platform import db
-from sentinel.platform.config import Settings
 from sentinel.tenant.v1 import tenant_service_pb2 as tsp
 from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
 
@@ -29,12 +26,9 @@ def dsn(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
-@pytest.fixture(scope="module")
-async def audit_db(stack: Any) -> AsyncIterator[None]:
-    """The kernel's database layer in this process, as the service role."""
-    db.init(Settings(database_url=SecretStr(stack.app_url)))
-    yield
-    await db.dispose()
+@pytest.fixture
+def audit_db(kernel_db: None) -> None:
+    """The kernel's database layer in this process (conftest's session-wide one)."""
 
 
 async def new_tenant(world: World) -> tuple[uuid.UUID, str]:

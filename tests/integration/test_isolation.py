@@ -29,7 +29,9 @@ pytestmark = pytest.mark.integration
 #: Services whose API is not implemented yet answer UNIMPLEMENTED; nothing to prove there.
 IMPLEMENTED = {"sentinel.tenant.v1.TenantService", "sentinel.user.v1.UserService",
                "sentinel.user.v1.AuthService", "sentinel.user.v1.ServiceAccountService",
-               "sentinel.user.v1.InvitationService"}
+               "sentinel.user.v1.InvitationService", "sentinel.audit.v1.AuditService"}
+#: RPCs of implemented services that still answer UNIMPLEMENTED (the rest of their issue).
+PENDING = {"/sentinel.audit.v1.AuditService/ListCheckpoints"}
 PROCESS = {"tenant": "tenant", "user": "user", "audit": "audit", "scheduler": "scheduler", "common": "tenant"}
 
 TENANT_RPCS = [r for r in contracts.rpcs() if not r.public and not r.streaming]
@@ -45,6 +47,8 @@ def resource_id(world: World, rpc: contracts.Rpc) -> str:
         return world.a.id
     if rpc.service.name == "UserService":
         return world.a.member.user_id
+    if rpc.service.name == "AuditService":
+        return world.a.audit_event_id
     if rpc.service.name == "InvitationService":
         return world.a.invitation_id
     if rpc.service.name == "ServiceAccountService":
@@ -86,7 +90,7 @@ def fill(message: Message, world: World, rpc: contracts.Rpc, page_token: str) ->
 
 def a_markers(world: World) -> list[str]:
     return [world.a.id, world.a.slug, *world.a.user_ids, world.a.service_account_id, world.a.api_key_id,
-            world.a.invitation_id]
+            world.a.invitation_id, world.a.audit_event_id]
 
 
 def aims_at_a(world: World, request: Message) -> bool:
@@ -100,7 +104,7 @@ async def a_snapshot(world: World) -> str:
     parts = []
     for rpc in contracts.rpcs():
         if rpc.method.name in {"GetTenant", "ListUsers", "ListTenants", "ListServiceAccounts", "ListApiKeys",
-                               "ListInvitations"}:
+                               "ListInvitations", "ListAuditEvents"}:
             req = new_request(rpc)
             if "id" in req.DESCRIPTOR.fields_by_name:
                 req.id = world.a.id  # type: ignore[attr-defined]
@@ -114,7 +118,8 @@ async def a_snapshot(world: World) -> str:
 async def a_page_token(world: World, rpc: contracts.Rpc) -> str:
     """A real page token minted for A by the list RPC (empty if this RPC does not page)."""
     req = new_request(rpc)
-    if "page_size" not in req.DESCRIPTOR.fields_by_name or rpc.service.full_name not in IMPLEMENTED:
+    if "page_size" not in req.DESCRIPTOR.fields_by_name or rpc.service.full_name not in IMPLEMENTED \
+            or rpc.full_method in PENDING:
         return ""
     req.page_size = 1  # type: ignore[attr-defined]
     if "service_account_id" in req.DESCRIPTOR.fields_by_name:
@@ -153,6 +158,8 @@ def rpc_id(rpc: contracts.Rpc) -> str:
 async def test_grpc_cross_tenant(world: World, rpc: contracts.Rpc, credential: str) -> None:
     if rpc.service.full_name not in IMPLEMENTED:
         pytest.skip(f"{rpc.service.full_name} is not implemented yet (health only)")
+    if rpc.full_method in PENDING:
+        pytest.skip(f"{rpc.full_method} is not implemented yet")
     before = await a_snapshot(world)
     channel = world.channels[process_of(rpc)]
     who = await attacker(world, credential)
@@ -165,9 +172,9 @@ async def test_grpc_cross_tenant(world: World, rpc: contracts.Rpc, credential: s
         try:
             reply = await unary(channel, rpc, request, who.token)
         except grpc.aio.AioRpcError as err:
-            if rpc.policy.tenant_scope == policy_pb2.TENANT_SCOPE_PLATFORM or (
+            if rpc.policy.tenant_scope in (policy_pb2.TENANT_SCOPE_PLATFORM, policy_pb2.TENANT_SCOPE_INTERNAL) or (
                     credential == "api_key" and err.code() == grpc.StatusCode.PERMISSION_DENIED):
-                # Platform RPCs are refused; a key lacks session.self and what admins lack.
+                # Platform and internal RPCs are refused; a key lacks session.self and what admins lack.
                 assert err.code() == grpc.StatusCode.PERMISSION_DENIED
                 continue
             allowed = {grpc.StatusCode.NOT_FOUND}
@@ -177,7 +184,8 @@ async def test_grpc_cross_tenant(world: World, rpc: contracts.Rpc, credential: s
                 allowed.add(grpc.StatusCode.INVALID_ARGUMENT)
             assert err.code() in allowed, f"{rpc_id(rpc)}: {err.code()} {err.details()}"
             continue
-        assert rpc.policy.tenant_scope != policy_pb2.TENANT_SCOPE_PLATFORM, "B's owner ran a platform RPC"
+        assert rpc.policy.tenant_scope not in (policy_pb2.TENANT_SCOPE_PLATFORM, policy_pb2.TENANT_SCOPE_INTERNAL), \
+            "B's owner ran a platform or internal RPC"
         assert_nothing_of_a(world, json_format.MessageToJson(reply), rpc_id(rpc))
     assert await a_snapshot(world) == before, f"{rpc_id(rpc)} changed tenant A"
 
@@ -186,6 +194,8 @@ async def test_grpc_cross_tenant(world: World, rpc: contracts.Rpc, credential: s
 async def test_rest_cross_tenant(world: World, stack: Any, rpc: contracts.Rpc) -> None:
     if rpc.service.full_name not in IMPLEMENTED:
         pytest.skip(f"{rpc.service.full_name} is not implemented yet (health only)")
+    if rpc.full_method in PENDING:
+        pytest.skip(f"{rpc.full_method} is not implemented yet")
     before = await a_snapshot(world)
     token = await a_page_token(world, rpc) if "page_token" in rpc.method.input_type.fields_by_name else ""
     attacker = (await fresh_session(world)).token
@@ -208,7 +218,7 @@ async def test_rest_cross_tenant(world: World, stack: Any, rpc: contracts.Rpc) -
     assert await a_snapshot(world) == before, f"{rpc_id(rpc)} changed tenant A over REST"
 
 
-ID_RPCS = [r for r in TENANT_RPCS if r.service.full_name in IMPLEMENTED
+ID_RPCS = [r for r in TENANT_RPCS if r.service.full_name in IMPLEMENTED and r.full_method not in PENDING
            and r.policy.tenant_scope == policy_pb2.TENANT_SCOPE_TENANT
            and any(f in r.method.input_type.fields_by_name for f in ("id", "tenant", "user"))]
 

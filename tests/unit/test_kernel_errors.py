@@ -18,6 +18,7 @@ from sentinel.platform.errors import (
     SentinelError,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
     require,
     to_status,
 )
@@ -32,6 +33,7 @@ CASES: list[tuple[type[SentinelError], grpc.StatusCode, int, str]] = [
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, code_pb2.PERMISSION_DENIED, "PERMISSION_DENIED"),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"),
     (Unavailable, grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE, "UNAVAILABLE"),
+    (Unimplemented, grpc.StatusCode.UNIMPLEMENTED, code_pb2.UNIMPLEMENTED, "UNIMPLEMENTED"),
 ]
 
 

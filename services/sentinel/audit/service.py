@@ -1,23 +1,151 @@
-"""AuditService process. Until issue 3 lands it serves health only, and says so."""
+"""AuditService handlers: query and verify a tenant's chain.
+
+Reads only here; RLS binds every query to the call's tenant (a platform administrator may
+name one with ``tenant_id``). Recording (AppendEvents and the services' outboxes), export,
+streaming and signed checkpoints are the rest of issue 3 and answer UNIMPLEMENTED until then.
+"""
 
 from __future__ import annotations
 
-import grpc
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
 
-from sentinel.audit.v1 import audit_service_pb2
+import grpc
+from google.protobuf import struct_pb2
+from sqlalchemy import Select, select
+
+from sentinel.audit import store
+from sentinel.audit.models import AuditEventRow
+from sentinel.audit.v1 import audit_pb2, audit_service_pb2, audit_service_pb2_grpc
 from sentinel.common.v1 import common_pb2
+from sentinel.platform import db
+from sentinel.platform.calls import require_call
+from sentinel.platform.convert import EnumText, timestamp
+from sentinel.platform.errors import FieldViolation, InvalidArgument, NotFound, Unimplemented
+from sentinel.platform.ids import parse_uuid
+from sentinel.platform.pagination import page_size
 from sentinel.platform.server import Runtime, ServiceSpec
+
+pb = audit_service_pb2
+Context = grpc.aio.ServicerContext[Any, Any]
+ACTOR = EnumText(audit_pb2.ActorType, "ACTOR_TYPE_")
+OUTCOME = EnumText(audit_pb2.Outcome, "OUTCOME_")
+
+
+def _enum(mapping: EnumText, text: str) -> Any:
+    try:
+        return mapping.value(text)
+    except KeyError:
+        return 0
+
+
+def to_proto(row: AuditEventRow) -> audit_pb2.AuditEvent:
+    diff = struct_pb2.Struct()
+    diff.update(row.diff or {})
+    return audit_pb2.AuditEvent(
+        id=str(row.id), tenant_id=str(row.tenant_id), sequence=row.sequence, event_time=timestamp(row.event_time),
+        actor=audit_pb2.Actor(type=_enum(ACTOR, row.actor_type), id=row.actor_id, tenant_id=row.actor_tenant_id),
+        action=row.action, target=audit_pb2.Target(type=row.target_type, id=row.target_id),
+        outcome=_enum(OUTCOME, row.outcome), status_code=row.status_code, request_id=row.request_id,
+        trace_id=row.trace_id, source_ip=row.source_ip, user_agent=row.user_agent, diff=diff,
+        prev_hash=row.prev_hash, hash=row.hash)
+
+
+def filtered(query: Select[Any], f: pb.AuditFilter) -> Select[Any]:
+    for column, value in ((AuditEventRow.actor_id, f.actor_id), (AuditEventRow.action, f.action),
+                          (AuditEventRow.target_type, f.target_type), (AuditEventRow.target_id, f.target_id)):
+        if value:
+            query = query.where(column == value)
+    if f.outcome:
+        query = query.where(AuditEventRow.outcome == OUTCOME.text(f.outcome, "filter.outcome"))
+    if f.HasField("start_time"):
+        query = query.where(AuditEventRow.event_time >= f.start_time.ToDatetime(tzinfo=dt.UTC))
+    if f.HasField("end_time"):
+        query = query.where(AuditEventRow.event_time < f.end_time.ToDatetime(tzinfo=dt.UTC))
+    both = f.HasField("start_time") and f.HasField("end_time")
+    if both and f.end_time.ToNanoseconds() <= f.start_time.ToNanoseconds():
+        raise InvalidArgument("filter.end_time must be after filter.start_time",
+                              [FieldViolation("filter.end_time", "not after start_time")])
+    return query
+
+
+class AuditApi(audit_service_pb2_grpc.AuditServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self.page_tokens = runtime.page_tokens
+
+    async def ListAuditEvents(self, request: pb.ListAuditEventsRequest, context: Context) -> pb.ListAuditEventsResponse:
+        call = require_call()
+        size = page_size(request.page_size)
+        oldest_first = request.order == pb.SORT_ORDER_OLDEST_FIRST
+        scope = "ListAuditEvents|" + request.filter.SerializeToString(deterministic=True).hex() + f"|{oldest_first}"
+        after = self.page_tokens.decode_position(request.page_token, tenant=call.tenant_id, scope=scope)
+        query = filtered(select(AuditEventRow), request.filter)
+        column = AuditEventRow.sequence
+        if after is not None:
+            query = query.where(column > after if oldest_first else column < after)
+        query = query.order_by(column if oldest_first else column.desc()).limit(size + 1)
+        async with db.unit_of_work() as session:
+            rows = list((await session.scalars(query)).all())
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = self.page_tokens.encode_position(rows[-1].sequence, tenant=call.tenant_id, scope=scope)
+        return pb.ListAuditEventsResponse(events=[to_proto(r) for r in rows], next_page_token=token)
+
+    async def GetAuditEvent(self, request: pb.GetAuditEventRequest, context: Context) -> pb.GetAuditEventResponse:
+        event_id = parse_uuid(request.id, "id")
+        async with db.unit_of_work() as session:
+            row = await session.scalar(select(AuditEventRow).where(AuditEventRow.id == event_id))
+        if row is None:
+            raise NotFound(f"audit event {event_id} not found", reason="AUDIT_EVENT_NOT_FOUND")
+        return pb.GetAuditEventResponse(event=to_proto(row))
+
+    async def VerifyAuditChain(self, request: pb.VerifyAuditChainRequest,
+                               context: Context) -> pb.VerifyAuditChainResponse:
+        call = require_call()
+        assert call.tenant_id is not None
+        if request.from_sequence < 0:
+            raise InvalidArgument("from_sequence must not be negative", [FieldViolation("from_sequence", "negative")])
+        verdict = await store.verify_tenant(call.tenant_id, from_sequence=request.from_sequence)
+        return pb.VerifyAuditChainResponse(
+            valid=verdict.ok, events_checked=verdict.checked, first_broken_sequence=verdict.broken_sequence,
+            reason=verdict.problem,
+            head=audit_pb2.Checkpoint(tenant_id=str(call.tenant_id), sequence=verdict.head_sequence,
+                                      hash=verdict.head_hash))
+
+
+    # The rest of issue 3: explicit, so clients get UNIMPLEMENTED with a reason, not a crash.
+    async def AppendEvents(self, request: pb.AppendEventsRequest, context: Context) -> pb.AppendEventsResponse:
+        raise Unimplemented(PENDING)
+
+    async def ListCheckpoints(self, request: pb.ListCheckpointsRequest,
+                              context: Context) -> pb.ListCheckpointsResponse:
+        raise Unimplemented(PENDING)
+
+    async def ExportAuditEvents(self, request: pb.ExportAuditEventsRequest,
+                                context: Context) -> AsyncIterator[pb.ExportAuditEventsResponse]:
+        raise Unimplemented(PENDING)
+        yield  # pragma: no cover - makes this an async generator, as gRPC expects for a stream
+
+    async def StreamAuditEvents(self, request: pb.StreamAuditEventsRequest,
+                                context: Context) -> AsyncIterator[pb.StreamAuditEventsResponse]:
+        raise Unimplemented(PENDING)
+        yield  # pragma: no cover
+
+
+PENDING = "not implemented yet: recording, export, streaming and checkpoints come with the rest of issue 3"
 
 
 def spec() -> ServiceSpec:
     def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-        """No AuditService handlers yet: its RPCs answer UNIMPLEMENTED."""
+        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditApi(runtime), server)
 
     return ServiceSpec(
         name="audit",
         implements=[audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name],
         register=register,
-        needs_database=False,
         status=common_pb2.SERVING_STATUS_DEGRADED,
-        detail="health only: the AuditService API is not implemented yet (issue 3)",
+        detail="query and chain verification only: recording, export, streaming and checkpoints "
+               "are not implemented yet (issue 3)",
     )

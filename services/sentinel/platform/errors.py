@@ -77,6 +77,11 @@ class FailedPrecondition(SentinelError):
     reason = "FAILED_PRECONDITION"
 
 
+class Unimplemented(SentinelError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "UNIMPLEMENTED"
+
+
 class Aborted(SentinelError):
     """Concurrency conflict: stale etag, or an idempotency key reused for another request."""
 

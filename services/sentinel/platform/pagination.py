@@ -61,18 +61,39 @@ class PageTokens:
                            _scope_hash(scope)], separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(self._mac(body) + body).decode().rstrip("=")
 
-    def decode(self, token: str, *, tenant: uuid.UUID | None, scope: str) -> Cursor | None:
+    def encode_position(self, position: int, *, tenant: uuid.UUID | None, scope: str) -> str:
+        """A token for lists ordered by an integer position (e.g. an audit chain's sequence)."""
+        body = json.dumps(["pos", position, str(tenant or ""), _scope_hash(scope)], separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(self._mac(body) + body).decode().rstrip("=")
+
+    def decode_position(self, token: str, *, tenant: uuid.UUID | None, scope: str) -> int | None:
         if not token:
             return None
-        invalid = InvalidArgument("page_token is invalid or belongs to a different query; "
-                                  "start again without it", [FieldViolation("page_token", "invalid")])
+        body = self._verified(token)
+        try:
+            kind, position, bound_tenant, bound_scope = json.loads(body)
+        except (ValueError, TypeError):
+            raise _invalid() from None
+        if kind != "pos" or not isinstance(position, int) or bound_tenant != str(tenant or "") \
+                or bound_scope != _scope_hash(scope):
+            raise _invalid()
+        return position
+
+    def _verified(self, token: str) -> bytes:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except ValueError:
-            raise invalid from None
+            raise _invalid() from None
         mac, body = raw[:16], raw[16:]
         if not hmac.compare_digest(mac, self._mac(body)):
-            raise invalid
+            raise _invalid()
+        return body
+
+    def decode(self, token: str, *, tenant: uuid.UUID | None, scope: str) -> Cursor | None:
+        if not token:
+            return None
+        body = self._verified(token)
+        invalid = _invalid()
         try:
             when, ident, bound_tenant, bound_scope = json.loads(body)
             cursor = Cursor(dt.datetime.fromisoformat(when), uuid.UUID(ident))
@@ -101,6 +122,11 @@ class PageTokens:
             return rows, ""
         rows = rows[:size]
         return rows, self.encode(Cursor(rows[-1].create_time, rows[-1].id), tenant=tenant, scope=scope)
+
+
+def _invalid() -> InvalidArgument:
+    return InvalidArgument("page_token is invalid or belongs to a different query; start again without it",
+                           [FieldViolation("page_token", "invalid")])
 
 
 def _scope_hash(scope: str) -> str:
