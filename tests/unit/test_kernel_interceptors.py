@@ -8,6 +8,7 @@ helpers (the database path is in the integration suite).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -235,6 +236,15 @@ async def _fails(code: grpc.StatusCode, reason: str | None = None) -> AsyncItera
 
 def _sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, {"service": SERVICE, **labels}) or 0.0
+
+
+async def _settled() -> None:
+    """Let the server side finish unwinding: the client sees an aborted call's status before
+    the server's interceptors have left their scopes (where the metrics are recorded)."""
+    for _ in range(50):
+        if _sample("sentinel_requests_in_flight") == 0:
+            return
+        await asyncio.sleep(0.01)
 
 
 # --------------------------------------------------------------------------- authentication
@@ -624,6 +634,7 @@ async def test_metrics_count_requests_errors_and_duration(stack: Stack) -> None:
     await stack.users.GetUser(user_service_pb2.GetUserRequest(id="u"), metadata=stack.auth())
     with pytest.raises(grpc.aio.AioRpcError):
         await stack.users.GetUser(user_service_pb2.GetUserRequest(id="missing"), metadata=stack.auth())
+    await _settled()
     assert _sample("sentinel_requests_total", method=method, code="OK") == ok0 + 1
     assert _sample("sentinel_requests_total", method=method, code="NOT_FOUND") == nf0 + 1
     assert _sample("sentinel_errors_total", method=method, code="NOT_FOUND") == err_nf0 + 1
@@ -640,6 +651,7 @@ async def test_metrics_record_auth_failures_and_internal_errors(stack: Stack) ->
         await stack.users.GetUser(user_service_pb2.GetUserRequest(id="u"))
     with pytest.raises(grpc.aio.AioRpcError):
         await stack.users.GetUser(user_service_pb2.GetUserRequest(id="boom"), metadata=stack.auth())
+    await _settled()
     assert _sample("sentinel_requests_total", method=method, code="UNAUTHENTICATED") == unauth0 + 1
     assert _sample("sentinel_requests_total", method=method, code="INTERNAL") == internal0 + 1
 
