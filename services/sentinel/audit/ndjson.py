@@ -1,8 +1,14 @@
-"""The audit export format and its offline verification (``sentinel audit verify FILE``).
+"""Audit exports and their offline verification (``sentinel audit verify FILE``).
 
-One JSON object per line, in sequence order: every field of ``chain.FIELDS`` plus
-``prev_hash`` and ``hash``, times in RFC 3339 UTC with microseconds. A file is verified with
-nothing but itself: the links are recomputed exactly as the database computed them.
+Two line formats, one JSON object per line in sequence order, are accepted:
+
+* the API's, from ``GET /api/v1/audit/events:export`` (NDJSON through Envoy) or the gRPC
+  stream: ``{"event": {...AuditEvent...}}``;
+* the operator's, from ``sentinel audit export``: the stored fields of ``chain.FIELDS`` plus
+  ``prev_hash`` and ``hash``, times in RFC 3339 UTC with microseconds.
+
+A file is verified with nothing but itself: the links are recomputed exactly as the database
+computed them.
 """
 
 from __future__ import annotations
@@ -13,7 +19,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import json_format
+
 from sentinel.audit import chain
+from sentinel.audit.convert import from_proto
+from sentinel.audit.v1 import audit_pb2
 
 
 def line(event: Mapping[str, Any]) -> str:
@@ -35,6 +45,13 @@ def read(path: Path) -> Iterator[dict[str, Any]]:
                 raise ValueError(f"line {number}: not JSON ({e.msg})") from None
             if not isinstance(event, dict):
                 raise ValueError(f"line {number}: not a JSON object")
+            if "error" in event:  # a stream that ended in an error (Envoy appends it)
+                raise ValueError(f"line {number}: the export stopped with an error: {event['error']}")
+            if "event" in event:  # the API's format
+                try:
+                    event = from_proto(json_format.ParseDict(event["event"], audit_pb2.AuditEvent()))
+                except json_format.ParseError as e:
+                    raise ValueError(f"line {number}: not an audit event ({e})") from None
             yield event
 
 

@@ -12,16 +12,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import struct_pb2
 from sqlalchemy import Select, select
 
 from sentinel.audit import store
+from sentinel.audit.convert import OUTCOME, to_proto
 from sentinel.audit.models import AuditEventRow
 from sentinel.audit.v1 import audit_pb2, audit_service_pb2, audit_service_pb2_grpc
 from sentinel.common.v1 import common_pb2
 from sentinel.platform import db
 from sentinel.platform.calls import require_call
-from sentinel.platform.convert import EnumText, timestamp
 from sentinel.platform.errors import FieldViolation, InvalidArgument, NotFound, Unimplemented
 from sentinel.platform.ids import parse_uuid
 from sentinel.platform.pagination import page_size
@@ -29,29 +28,6 @@ from sentinel.platform.server import Runtime, ServiceSpec
 
 pb = audit_service_pb2
 Context = grpc.aio.ServicerContext[Any, Any]
-ACTOR = EnumText(audit_pb2.ActorType, "ACTOR_TYPE_")
-OUTCOME = EnumText(audit_pb2.Outcome, "OUTCOME_")
-
-
-def _enum(mapping: EnumText, text: str) -> Any:
-    try:
-        return mapping.value(text)
-    except KeyError:
-        return 0
-
-
-def to_proto(row: AuditEventRow) -> audit_pb2.AuditEvent:
-    diff = struct_pb2.Struct()
-    diff.update(row.diff or {})
-    return audit_pb2.AuditEvent(
-        id=str(row.id), tenant_id=str(row.tenant_id), sequence=row.sequence, event_time=timestamp(row.event_time),
-        actor=audit_pb2.Actor(type=_enum(ACTOR, row.actor_type), id=row.actor_id, tenant_id=row.actor_tenant_id),
-        action=row.action, target=audit_pb2.Target(type=row.target_type, id=row.target_id),
-        outcome=_enum(OUTCOME, row.outcome), status_code=row.status_code, request_id=row.request_id,
-        trace_id=row.trace_id, source_ip=row.source_ip, user_agent=row.user_agent, diff=diff,
-        prev_hash=row.prev_hash, hash=row.hash)
-
-
 def filtered(query: Select[Any], f: pb.AuditFilter) -> Select[Any]:
     for column, value in ((AuditEventRow.actor_id, f.actor_id), (AuditEventRow.action, f.action),
                           (AuditEventRow.target_type, f.target_type), (AuditEventRow.target_id, f.target_id)):
@@ -125,8 +101,18 @@ class AuditApi(audit_service_pb2_grpc.AuditServiceServicer):
 
     async def ExportAuditEvents(self, request: pb.ExportAuditEventsRequest,
                                 context: Context) -> AsyncIterator[pb.ExportAuditEventsResponse]:
-        raise Unimplemented(PENDING)
-        yield  # pragma: no cover - makes this an async generator, as gRPC expects for a stream
+        """Oldest first, a page per short transaction: any size streams in constant memory."""
+        query = filtered(select(AuditEventRow), request.filter).order_by(AuditEventRow.sequence)
+        after = 0
+        while True:
+            async with db.unit_of_work() as session:
+                rows = list((await session.scalars(
+                    query.where(AuditEventRow.sequence > after).limit(EXPORT_PAGE))).all())
+            for row in rows:
+                yield pb.ExportAuditEventsResponse(event=to_proto(row))
+            if len(rows) < EXPORT_PAGE:
+                return
+            after = rows[-1].sequence
 
     async def StreamAuditEvents(self, request: pb.StreamAuditEventsRequest,
                                 context: Context) -> AsyncIterator[pb.StreamAuditEventsResponse]:
@@ -134,7 +120,8 @@ class AuditApi(audit_service_pb2_grpc.AuditServiceServicer):
         yield  # pragma: no cover
 
 
-PENDING = "not implemented yet: recording, export, streaming and checkpoints come with the rest of issue 3"
+PENDING = "not implemented yet: recording, streaming and checkpoints come with the rest of issue 3"
+EXPORT_PAGE = 1000
 
 
 def spec() -> ServiceSpec:
@@ -146,6 +133,6 @@ def spec() -> ServiceSpec:
         implements=[audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name],
         register=register,
         status=common_pb2.SERVING_STATUS_DEGRADED,
-        detail="query and chain verification only: recording, export, streaming and checkpoints "
+        detail="query, export and chain verification only: recording, streaming and checkpoints "
                "are not implemented yet (issue 3)",
     )

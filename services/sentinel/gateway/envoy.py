@@ -421,6 +421,8 @@ def _transcoder_filter(cfg: GatewayConfig) -> dict[str, Any]:
                 "always_print_primitive_fields": True,
                 "always_print_enums_as_ints": False,
                 "preserve_proto_field_names": True,
+                # Server streams (audit export and follow) as NDJSON: one message per line.
+                "stream_newline_delimited": True,
             },
             # Only the google.api.http bindings are REST; no implicit POST /pkg.Svc/Method.
             auto_mapping=False,
