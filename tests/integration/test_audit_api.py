@@ -150,3 +150,34 @@ async def test_an_export_over_rest_is_ndjson_and_verifies_offline(world: World, 
     stream = audit(world).ExportAuditEvents(asp.ExportAuditEventsRequest(filter=asp.AuditFilter(action="bulk.event")),
                                             metadata=t.owner.metadata)
     assert [m.event.action async for m in stream] == ["bulk.event"] * 1200
+
+
+async def test_a_stream_follows_new_events_and_ends_when_the_session_does(world: World, kernel_db: None) -> None:
+    import asyncio
+
+    from sentinel.user.v1 import user_service_pb2 as usp
+    from sentinel.user.v1 import user_service_pb2_grpc as usg
+
+    t = await seeded(world)  # 7 old events: not sent with after_sequence=0
+    stream = audit(world).StreamAuditEvents(asp.StreamAuditEventsRequest(), metadata=t.owner.metadata)
+    received: list[str] = []
+    three = asyncio.Event()
+
+    async def follow() -> grpc.StatusCode:
+        try:
+            async for message in stream:
+                received.append(message.event.action)
+                if len(received) == 3:
+                    three.set()
+        except grpc.aio.AioRpcError as err:
+            return err.code()
+        return grpc.StatusCode.OK
+
+    task = asyncio.create_task(follow())
+    await asyncio.sleep(0.5)  # the stream has taken its starting point
+    for i in range(3):
+        await append_audit_event(t.id, action=f"live.{i}")
+    await asyncio.wait_for(three.wait(), 5)
+    assert received == ["live.0", "live.1", "live.2"]
+    await usg.AuthServiceStub(world.channels["user"]).Logout(usp.LogoutRequest(), metadata=t.owner.metadata)
+    assert await asyncio.wait_for(task, 3) == grpc.StatusCode.UNAUTHENTICATED

@@ -7,21 +7,22 @@ streaming and signed checkpoints are the rest of issue 3 and answer UNIMPLEMENTE
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 
 from sentinel.audit import store
 from sentinel.audit.convert import OUTCOME, to_proto
 from sentinel.audit.models import AuditEventRow
 from sentinel.audit.v1 import audit_pb2, audit_service_pb2, audit_service_pb2_grpc
 from sentinel.common.v1 import common_pb2
-from sentinel.platform import db
+from sentinel.platform import db, revocation
 from sentinel.platform.calls import require_call
-from sentinel.platform.errors import FieldViolation, InvalidArgument, NotFound, Unimplemented
+from sentinel.platform.errors import FieldViolation, InvalidArgument, NotFound, Unauthenticated, Unimplemented
 from sentinel.platform.ids import parse_uuid
 from sentinel.platform.pagination import page_size
 from sentinel.platform.server import Runtime, ServiceSpec
@@ -116,12 +117,46 @@ class AuditApi(audit_service_pb2_grpc.AuditServiceServicer):
 
     async def StreamAuditEvents(self, request: pb.StreamAuditEventsRequest,
                                 context: Context) -> AsyncIterator[pb.StreamAuditEventsResponse]:
-        raise Unimplemented(PENDING)
-        yield  # pragma: no cover
+        """Follow the chain: poll for events after the last one sent (short transactions).
+
+        The caller's credential is re-checked on every round, so a revoked session or key, or a
+        suspended tenant, ends the stream within a poll interval instead of following forever.
+        """
+        call = require_call()
+        if request.after_sequence < 0:
+            raise InvalidArgument("after_sequence must not be negative",
+                                  [FieldViolation("after_sequence", "negative")])
+        column = AuditEventRow.sequence
+        after = request.after_sequence
+        if after == 0:  # only new events
+            async with db.unit_of_work() as session:
+                after = int(await session.scalar(select(func.coalesce(func.max(column), 0))) or 0)
+        while True:
+            still_allowed(call)
+            async with db.unit_of_work() as session:
+                rows = list((await session.scalars(
+                    select(AuditEventRow).where(column > after).order_by(column).limit(STREAM_BATCH))).all())
+            for row in rows:
+                yield pb.StreamAuditEventsResponse(event=to_proto(row))
+            if rows:
+                after = rows[-1].sequence
+            if len(rows) < STREAM_BATCH:
+                await asyncio.sleep(STREAM_POLL_SECONDS)
 
 
-PENDING = "not implemented yet: recording, streaming and checkpoints come with the rest of issue 3"
+def still_allowed(call: Any) -> None:
+    principal = call.principal
+    if principal.session_id and revocation.revoked.is_revoked(principal.session_id):
+        raise Unauthenticated("the session or key behind this stream has been revoked", reason="SESSION_REVOKED")
+    blocked = None if principal.is_service else revocation.tenants.blocked(principal.tenant_id)
+    if blocked is not None:
+        raise blocked.refusal(principal.tenant_id, own=True)
+
+
+PENDING = "not implemented yet: recording and checkpoints come with the rest of issue 3"
 EXPORT_PAGE = 1000
+STREAM_BATCH = 500
+STREAM_POLL_SECONDS = 0.25
 
 
 def spec() -> ServiceSpec:
@@ -133,6 +168,6 @@ def spec() -> ServiceSpec:
         implements=[audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name],
         register=register,
         status=common_pb2.SERVING_STATUS_DEGRADED,
-        detail="query, export and chain verification only: recording, streaming and checkpoints "
+        detail="query, export, streaming and chain verification only: recording and checkpoints "
                "are not implemented yet (issue 3)",
     )
