@@ -98,15 +98,23 @@ def _admin_keygen(ns: argparse.Namespace) -> int:
 
 
 def _audit_verify(ns: argparse.Namespace) -> int:
+    from sentinel.audit.checkpoints import load_public_key
     from sentinel.audit.ndjson import verify_file
 
     try:
-        verdict = verify_file(ns.file)
+        key = load_public_key(ns.public_key) if ns.public_key else None
+        result = verify_file(ns.file, key)
     except (OSError, ValueError) as e:
         print(f"sentinel audit verify: {e}", file=sys.stderr)
         return 2
+    verdict = result.chain
+    signed = (f"{result.checkpoints} signed checkpoint(s) matched" if result.authenticated
+              else f"{result.checkpoints} checkpoint(s) matched, signatures NOT checked (pass --public-key)")
+    if result.forged:
+        print(f"BROKEN: {result.forged} checkpoint(s) not signed by this key")
+        return 1
     if verdict.ok:
-        print(f"OK: {verdict.checked} event(s), chain head {verdict.head_sequence} {verdict.head_hash}")
+        print(f"OK: {verdict.checked} event(s), chain head {verdict.head_sequence} {verdict.head_hash}; {signed}")
         return 0
     print(f"BROKEN at sequence {verdict.broken_sequence}: {verdict.problem} "
           f"({verdict.checked} event(s) before it verified)")
@@ -191,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit", required=True)
     p = audit.add_parser("verify", help="verify an exported audit chain offline (no database)")
     p.add_argument("file", type=Path, help="NDJSON export, one event per line in sequence order")
+    p.add_argument("--public-key", type=Path, help="the audit service's public key (PEM) to authenticate checkpoints")
     p.set_defaults(func=_audit_verify)
     p = audit.add_parser("export", help="export a tenant's audit chain as NDJSON (operators; database access)")
     p.add_argument("--tenant", required=True, help="tenant slug")

@@ -48,6 +48,8 @@ def stack() -> Iterator[Stack]:
         "SENTINEL_PLAN_MAX_API_KEYS": '{"free": 1000, "standard": 2}',
         # A short concurrent-refresh grace so the reuse test need not wait long.
         "SENTINEL_REFRESH_REUSE_GRACE_SECONDS": "1",
+        # Audit checkpoints every second, so tests see them without waiting minutes.
+        "SENTINEL_AUDIT_CHECKPOINT_SECONDS": "1",
     }
     with temporary_stack(env=env, echo=sys.stderr) as s:
         yield s

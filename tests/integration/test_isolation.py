@@ -31,7 +31,7 @@ IMPLEMENTED = {"sentinel.tenant.v1.TenantService", "sentinel.user.v1.UserService
                "sentinel.user.v1.AuthService", "sentinel.user.v1.ServiceAccountService",
                "sentinel.user.v1.InvitationService", "sentinel.audit.v1.AuditService"}
 #: RPCs of implemented services that still answer UNIMPLEMENTED (the rest of their issue).
-PENDING = {"/sentinel.audit.v1.AuditService/ListCheckpoints"}
+PENDING: set[str] = set()
 PROCESS = {"tenant": "tenant", "user": "user", "audit": "audit", "scheduler": "scheduler", "common": "tenant"}
 
 TENANT_RPCS = [r for r in contracts.rpcs() if not r.public and not r.streaming]

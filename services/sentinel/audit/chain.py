@@ -118,3 +118,13 @@ def _problem(event: Mapping[str, Any], expected: int, prev: str, tenant: Any,
     if sequence in checkpoints and checkpoints[sequence] != event["hash"]:
         return sequence, "hash differs from the signed checkpoint at this sequence (chain rewritten)"
     return None
+
+
+def reaches_checkpoints(verdict: Verdict, checkpoints: Mapping[int, str] | None) -> Verdict:
+    """A whole chain must reach its last signed checkpoint: one that ends earlier lost its tail."""
+    last = max(checkpoints or {}, default=0)
+    if verdict.ok and last > verdict.head_sequence:
+        return Verdict(False, verdict.checked, verdict.head_sequence, verdict.head_hash, verdict.head_sequence + 1,
+                       f"the chain ends at {verdict.head_sequence} but a signed checkpoint covers {last}: "
+                       "events were removed from the end")
+    return verdict

@@ -16,12 +16,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf import json_format
 
 from sentinel.audit import chain
+from sentinel.audit.checkpoints import trusted_heads
 from sentinel.audit.convert import from_proto
 from sentinel.audit.v1 import audit_pb2
 
@@ -33,27 +36,61 @@ def line(event: Mapping[str, Any]) -> str:
     return json.dumps(out, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
-def read(path: Path) -> Iterator[dict[str, Any]]:
-    """The events of an export file, one at a time (constant memory for any size)."""
+def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open(encoding="utf-8") as f:
         for number, text in enumerate(f, start=1):
             if not text.strip():
                 continue
             try:
-                event = json.loads(text)
+                item = json.loads(text)
             except json.JSONDecodeError as e:
                 raise ValueError(f"line {number}: not JSON ({e.msg})") from None
-            if not isinstance(event, dict):
+            if not isinstance(item, dict):
                 raise ValueError(f"line {number}: not a JSON object")
-            if "error" in event:  # a stream that ended in an error (Envoy appends it)
-                raise ValueError(f"line {number}: the export stopped with an error: {event['error']}")
-            if "event" in event:  # the API's format
-                try:
-                    event = from_proto(json_format.ParseDict(event["event"], audit_pb2.AuditEvent()))
-                except json_format.ParseError as e:
-                    raise ValueError(f"line {number}: not an audit event ({e})") from None
-            yield event
+            if "error" in item:  # a stream that ended in an error (Envoy appends it)
+                raise ValueError(f"line {number}: the export stopped with an error: {item['error']}")
+            yield number, item
 
 
-def verify_file(path: Path) -> chain.Verdict:
-    return chain.verify(read(path))
+def read(path: Path) -> Iterator[dict[str, Any]]:
+    """The events of an export file, one at a time (constant memory for any size)."""
+    for number, item in _lines(path):
+        if "checkpoint" in item:
+            continue
+        if "event" in item:  # the API's format
+            try:
+                item = from_proto(json_format.ParseDict(item["event"], audit_pb2.AuditEvent()))
+            except json_format.ParseError as e:
+                raise ValueError(f"line {number}: not an audit event ({e})") from None
+        yield item
+
+
+def checkpoints(path: Path) -> list[dict[str, Any]]:
+    """The signed checkpoints an API export carries (before its events)."""
+    out = []
+    for number, item in _lines(path):
+        if "checkpoint" in item:
+            try:
+                cp = json_format.ParseDict(item["checkpoint"], audit_pb2.Checkpoint())
+            except json_format.ParseError as e:
+                raise ValueError(f"line {number}: not a checkpoint ({e})") from None
+            out.append({"tenant_id": cp.tenant_id, "sequence": cp.sequence, "hash": cp.hash,
+                        "create_time": cp.create_time.ToDatetime(tzinfo=dt.UTC), "key_id": cp.key_id,
+                        "signature": cp.signature})
+    return out
+
+
+@dataclass(frozen=True)
+class FileVerdict:
+    chain: chain.Verdict
+    checkpoints: int  # checkpoints used
+    forged: int  # checkpoints whose signature failed
+    authenticated: bool  # signatures checked against a public key
+
+
+def verify_file(path: Path, public_key: Ed25519PublicKey | None = None) -> FileVerdict:
+    """Verify an export: every link, and the signed heads it carries (authenticated with a key)."""
+    cps = checkpoints(path)
+    heads = trusted_heads(cps, public_key)
+    verdict = chain.reaches_checkpoints(chain.verify(read(path), checkpoints=heads), heads)
+    return FileVerdict(verdict, len(heads), len(cps) - len(heads), public_key is not None)

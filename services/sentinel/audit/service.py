@@ -9,25 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from sqlalchemy import Select, func, select
 
-from sentinel.audit import store
+from sentinel.audit import checkpoints, store
 from sentinel.audit.convert import OUTCOME, to_proto
 from sentinel.audit.models import AuditEventRow
 from sentinel.audit.v1 import audit_pb2, audit_service_pb2, audit_service_pb2_grpc
 from sentinel.common.v1 import common_pb2
 from sentinel.platform import db, revocation
 from sentinel.platform.calls import require_call
+from sentinel.platform.convert import timestamp
 from sentinel.platform.errors import FieldViolation, InvalidArgument, NotFound, Unauthenticated, Unimplemented
 from sentinel.platform.ids import parse_uuid
 from sentinel.platform.pagination import page_size
 from sentinel.platform.server import Runtime, ServiceSpec
 
 pb = audit_service_pb2
+log = logging.getLogger("sentinel.audit")
 Context = grpc.aio.ServicerContext[Any, Any]
 def filtered(query: Select[Any], f: pb.AuditFilter) -> Select[Any]:
     for column, value in ((AuditEventRow.actor_id, f.actor_id), (AuditEventRow.action, f.action),
@@ -47,9 +50,21 @@ def filtered(query: Select[Any], f: pb.AuditFilter) -> Select[Any]:
     return query
 
 
+def checkpoint_proto(cp: dict[str, Any]) -> audit_pb2.Checkpoint:
+    return audit_pb2.Checkpoint(tenant_id=str(cp["tenant_id"]), sequence=int(cp["sequence"]), hash=cp["hash"],
+                                create_time=timestamp(cp["create_time"]), key_id=cp["key_id"],
+                                signature=cp["signature"])
+
+
+def load_signer(runtime: Runtime) -> checkpoints.CheckpointSigner | None:
+    path = runtime.settings.audit_signing_key_file
+    return checkpoints.CheckpointSigner.from_file(path) if path else None
+
+
 class AuditApi(audit_service_pb2_grpc.AuditServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.page_tokens = runtime.page_tokens
+        self.signer = load_signer(runtime)
 
     async def ListAuditEvents(self, request: pb.ListAuditEventsRequest, context: Context) -> pb.ListAuditEventsResponse:
         call = require_call()
@@ -84,7 +99,15 @@ class AuditApi(audit_service_pb2_grpc.AuditServiceServicer):
         assert call.tenant_id is not None
         if request.from_sequence < 0:
             raise InvalidArgument("from_sequence must not be negative", [FieldViolation("from_sequence", "negative")])
-        verdict = await store.verify_tenant(call.tenant_id, from_sequence=request.from_sequence)
+        cps = await checkpoints.list_for(call.tenant_id)
+        key = self.signer.public_key() if self.signer else None
+        forged = [cp for cp in cps if key is not None and not checkpoints.authentic(cp, key)]
+        if forged:
+            return pb.VerifyAuditChainResponse(
+                valid=False, first_broken_sequence=int(forged[0]["sequence"]),
+                reason="the checkpoint at this sequence is not signed by the audit service's key")
+        verdict = await store.verify_tenant(call.tenant_id, from_sequence=request.from_sequence,
+                                            checkpoints=checkpoints.trusted_heads(cps, key))
         return pb.VerifyAuditChainResponse(
             valid=verdict.ok, events_checked=verdict.checked, first_broken_sequence=verdict.broken_sequence,
             reason=verdict.problem,
@@ -98,11 +121,26 @@ class AuditApi(audit_service_pb2_grpc.AuditServiceServicer):
 
     async def ListCheckpoints(self, request: pb.ListCheckpointsRequest,
                               context: Context) -> pb.ListCheckpointsResponse:
-        raise Unimplemented(PENDING)
+        call = require_call()
+        assert call.tenant_id is not None
+        size = page_size(request.page_size)
+        after = self.page_tokens.decode_position(request.page_token, tenant=call.tenant_id,
+                                                 scope="ListCheckpoints") or 0
+        rows = [cp for cp in await checkpoints.list_for(call.tenant_id) if int(cp["sequence"]) > after]
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = self.page_tokens.encode_position(int(rows[-1]["sequence"]), tenant=call.tenant_id,
+                                                     scope="ListCheckpoints")
+        return pb.ListCheckpointsResponse(checkpoints=[checkpoint_proto(cp) for cp in rows], next_page_token=token)
 
     async def ExportAuditEvents(self, request: pb.ExportAuditEventsRequest,
                                 context: Context) -> AsyncIterator[pb.ExportAuditEventsResponse]:
         """Oldest first, a page per short transaction: any size streams in constant memory."""
+        call = require_call()
+        assert call.tenant_id is not None
+        for cp in await checkpoints.list_for(call.tenant_id):  # first: a verifier needs them up front
+            yield pb.ExportAuditEventsResponse(checkpoint=checkpoint_proto(cp))
         query = filtered(select(AuditEventRow), request.filter).order_by(AuditEventRow.sequence)
         after = 0
         while True:
@@ -153,10 +191,26 @@ def still_allowed(call: Any) -> None:
         raise blocked.refusal(principal.tenant_id, own=True)
 
 
-PENDING = "not implemented yet: recording and checkpoints come with the rest of issue 3"
+PENDING = "not implemented yet: recording comes with the rest of issue 3"
 EXPORT_PAGE = 1000
 STREAM_BATCH = 500
 STREAM_POLL_SECONDS = 0.25
+
+
+async def sign_checkpoints(runtime: Runtime) -> None:
+    """Every audit_checkpoint_seconds, sign the head of each chain that grew."""
+    signer = load_signer(runtime)
+    if signer is None:
+        log.warning("no SENTINEL_AUDIT_SIGNING_KEY_FILE: audit checkpoints are not signed")
+        return
+    while True:
+        try:
+            made = await checkpoints.checkpoint_all(signer)
+            if made:
+                log.info("audit checkpoints signed", extra={"tenants": made})
+        except Exception:  # a database hiccup: try again next round
+            log.exception("audit checkpoints not signed this round")
+        await asyncio.sleep(runtime.settings.audit_checkpoint_seconds)
 
 
 def spec() -> ServiceSpec:
@@ -168,6 +222,6 @@ def spec() -> ServiceSpec:
         implements=[audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name],
         register=register,
         status=common_pb2.SERVING_STATUS_DEGRADED,
-        detail="query, export, streaming and chain verification only: recording and checkpoints "
-               "are not implemented yet (issue 3)",
+        detail="recording, AppendEvents and retention are not implemented yet (issue 3)",
+        background=sign_checkpoints,
     )

@@ -75,7 +75,8 @@ async def events(tenant_id: uuid.UUID, *, after: int = 0, page: int = 1000) -> A
         after = rows[-1]["sequence"]
 
 
-async def verify_tenant(tenant_id: uuid.UUID, *, page: int = 1000, from_sequence: int = 0) -> chain.Verdict:
+async def verify_tenant(tenant_id: uuid.UUID, *, page: int = 1000, from_sequence: int = 0,
+                        checkpoints: Mapping[int, str] | None = None) -> chain.Verdict:
     """Verify a tenant's chain from the database, page by page.
 
     From ``from_sequence`` on (when > 1), that event's ``prev_hash`` is taken as given: pass the
@@ -85,10 +86,11 @@ async def verify_tenant(tenant_id: uuid.UUID, *, page: int = 1000, from_sequence
     async for rows in events(tenant_id, page=page, after=start_sequence - 1):
         if not start_hash:
             start_hash = chain.GENESIS if start_sequence == 1 else str(rows[0]["prev_hash"])
-        verdict = chain.verify(rows, start_sequence=start_sequence, start_hash=start_hash)
+        verdict = chain.verify(rows, start_sequence=start_sequence, start_hash=start_hash, checkpoints=checkpoints)
         checked += verdict.checked
         if not verdict.ok:
             return chain.Verdict(False, checked, verdict.head_sequence, verdict.head_hash,
                                  verdict.broken_sequence, verdict.problem)
         start_sequence, start_hash = verdict.head_sequence + 1, verdict.head_hash
-    return chain.Verdict(True, checked, start_sequence - 1, start_hash or chain.GENESIS)
+    return chain.reaches_checkpoints(chain.Verdict(True, checked, start_sequence - 1, start_hash or chain.GENESIS),
+                                     checkpoints)

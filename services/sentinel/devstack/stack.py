@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sentinel.devstack.binaries import Binaries, resolve
 from sentinel.platform.config import DEFAULT_PORTS
-from sentinel.platform.keys import generate_signing_key
+from sentinel.platform.keys import generate_signing_key, new_kid
 
 SERVICES = ("tenant", "user", "audit", "scheduler")
 DB_NAME = "sentinel"
@@ -113,6 +113,11 @@ class Stack:
     @property
     def pg_data(self) -> Path:
         return self.data_dir / "postgres"
+
+    @property
+    def audit_keys_dir(self) -> Path:
+        """The audit service's checkpoint key; ``public/`` holds what verifiers need."""
+        return self.secrets_dir / "audit"
 
     @property
     def keys_dir(self) -> Path:
@@ -205,6 +210,9 @@ class Stack:
         if not (self.keys_dir / "public").is_dir() or not list(self.keys_dir.glob("*.key.pem")):
             self.keys_dir.mkdir(mode=0o700, exist_ok=True)
             generate_signing_key(self.keys_dir)
+        if not list(self.audit_keys_dir.glob("*.key.pem")):  # signs audit checkpoints
+            self.audit_keys_dir.mkdir(mode=0o700, exist_ok=True)
+            generate_signing_key(self.audit_keys_dir, kid="audit-" + new_kid().removeprefix("key-"))
 
     def _spawn(self, name: str, argv: list[str], *, env: Mapping[str, str] | None = None,
                user: str | None = None, stop_signal: int = signal.SIGTERM) -> Proc:
@@ -361,6 +369,8 @@ class Stack:
             env["SENTINEL_METRICS_PORT"] = str(self.ports.metrics[name])
             if name == "user":  # only the user service holds the signing keys
                 env["SENTINEL_JWT_SIGNING_KEYS_DIR"] = str(self.keys_dir)
+            if name == "audit":
+                env["SENTINEL_AUDIT_SIGNING_KEY_FILE"] = str(sorted(self.audit_keys_dir.glob("*.key.pem"))[-1])
         env.update(self.extra_env)
         return env
 

@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     # --- invitations: how long an invitation token stays valid (and again after each resend)
     invitation_ttl_hours: float = Field(default=72.0, gt=0)
 
+    # --- audit: the audit service's Ed25519 key that signs chain-head checkpoints, and how often
+    audit_signing_key_file: Path | None = None
+    audit_checkpoint_seconds: float = Field(default=300.0, gt=0)
+
     # --- tenant lifecycle: days between DeleteTenant and the purge (RestoreTenant undoes it until then)
     tenant_deletion_grace_days: float = Field(default=30.0, ge=0)
     # Every service re-reads the non-active tenants from Postgres this often, in case a state

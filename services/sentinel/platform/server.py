@@ -7,11 +7,13 @@ HealthService and a Prometheus endpoint; drains gracefully on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -58,6 +60,8 @@ class ServiceSpec:
     #: Shown in GetHealth; e.g. DEGRADED with a reason for a health-only service.
     status: common_pb2.ServingStatus.ValueType = common_pb2.SERVING_STATUS_SERVING
     detail: str = ""
+    #: A periodic task of the service (e.g. signing audit checkpoints), run while it serves.
+    background: Callable[[Runtime], Coroutine[Any, Any, None]] | None = None
 
 
 def load_spec(name: str) -> ServiceSpec:
@@ -132,6 +136,9 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
         except TimeoutError:
             log.error("revoked sessions not loaded yet (Redis unreachable); serving anyway")
     await server.start()
+    background: asyncio.Task[None] | None = None
+    if spec.background is not None:
+        background = asyncio.create_task(spec.background(runtime), name=f"{spec.name}-background")
     log.info("serving", extra={"grpc": f"{settings.grpc_host}:{settings.resolved_grpc_port}",
                                "metrics_port": settings.resolved_metrics_port})
 
@@ -145,6 +152,10 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
     log.info("draining")
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=10)
+    if background is not None:
+        background.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await background
     await clients.close_all()
     await revocation.feed.stop()
     await kv.close()
