@@ -88,6 +88,25 @@ def _admin_import_users(ns: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _admin_audit_retention(ns: argparse.Namespace) -> int:
+    from sentinel.audit import retention
+    from sentinel.platform import db
+    from sentinel.platform.config import get_settings
+
+    async def run() -> int:
+        db.init(get_settings())
+        try:
+            report = await retention.apply(batch=ns.batch)
+        finally:
+            await db.dispose()
+        print(f"deleted {report.deleted} audit event(s) past retention in {len(report.cut_through)} tenant(s)")
+        for tenant_id, sequence in report.cut_through.items():
+            print(f"  {tenant_id}: the chain now starts after the checkpoint at {sequence}")
+        return 0
+
+    return asyncio.run(run())
+
+
 def _admin_keygen(ns: argparse.Namespace) -> int:
     from sentinel.platform.keys import generate_signing_key
 
@@ -190,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", required=True, help="tenant slug")
     p.add_argument("file", type=Path, help="CSV with the header email,display_name,role,password_hash")
     p.set_defaults(func=_admin_import_users)
+
+    p = admin.add_parser("audit-retention", help="cut audit events past each tenant's retention")
+    p.add_argument("--batch", type=int, default=5000, help="events deleted per transaction")
+    p.set_defaults(func=_admin_audit_retention)
 
     p = admin.add_parser("keygen", help="create an Ed25519 token-signing key pair (for rotation)")
     p.add_argument("directory", type=Path, help="key directory; public keys go to DIRECTORY/public")

@@ -120,3 +120,12 @@ def test_any_diff_encodes_and_verifies(diff: dict[str, Any]) -> None:
     assert chain.verify([event]).ok
     # Encoding twice gives the same bytes (stable under normalisation).
     assert chain.canonical(event) == chain.canonical(dict(event, diff=chain.normalise_diff(diff)))
+
+
+def test_a_chain_cut_by_retention_verifies_from_the_retained_checkpoint() -> None:
+    events = build(6)
+    kept = {3: events[2]["hash"]}  # the signed checkpoint at the cut
+    assert chain.verify(events[3:], checkpoints=kept).ok
+    verdict = chain.verify(events[3:])  # without it, the cut looks like deletion
+    assert not verdict.ok and verdict.broken_sequence == 1 and "missing" in verdict.problem
+    assert not chain.verify(events[3:], checkpoints={3: "0" * 64}).ok  # a wrong checkpoint does not help

@@ -426,9 +426,10 @@ async def test_unknown_nested_key_in_patch_is_400(edge: Edge, http: httpx.AsyncC
     path = f"/api/v1/tenants/{TENANT_ID}"
     r = await http.patch(path, json={"display_name": "New", "is_admin": True})
     assert r.status_code == 400, r.text
-    assert r.json() == {"code": 3, "message": 'unknown field "is_admin" in request body (allowed: create_time, '
-                                              "delete_time, display_name, etag, id, plan, purge_time, slug, "
-                                              "state, suspension_reason, update_time)"}
+    assert r.json() == {"code": 3, "message": 'unknown field "is_admin" in request body (allowed: '
+                                              "audit_retention_days, create_time, delete_time, display_name, "
+                                              "etag, id, plan, purge_time, slug, state, suspension_reason, "
+                                              "update_time)"}
     r = await http.put(path + "?update_mask=displayName", json={"displayName": "New", "etag": "e1"})
     assert r.status_code == 200, r.text
     [(name, req)] = edge.backend.calls

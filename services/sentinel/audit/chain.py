@@ -86,13 +86,19 @@ def verify(events: Iterable[Mapping[str, Any]], *, start_sequence: int = 1, star
            checkpoints: Mapping[int, str] | None = None) -> Verdict:
     """Walk one tenant's events in sequence order and report the first broken link.
 
-    ``start_sequence``/``start_hash`` continue from a trusted checkpoint (after retention cut
-    the events before it). ``checkpoints`` (sequence → hash, from signed checkpoints) catch a
-    chain rewritten from some point on: every link of it holds, but not the signed heads.
+    ``start_sequence``/``start_hash`` continue from a trusted point. ``checkpoints`` (sequence →
+    hash, from signed checkpoints) catch a chain rewritten from some point on: every link of it
+    holds, but not the signed heads. A chain whose first event comes later than 1 (retention
+    cut the events before it) starts from the checkpoint at the cut.
     """
     checkpoints = checkpoints or {}
     expected, prev, checked, tenant = start_sequence, start_hash, 0, None
     for event in events:
+        if tenant is None and expected == 1:
+            # After a retention cut the chain starts later, at a retained signed checkpoint.
+            first = int(event.get("sequence") or 0)
+            if first > 1 and first - 1 in checkpoints:
+                expected, prev = first, checkpoints[first - 1]
         tenant = event.get("tenant_id") if tenant is None else tenant
         found = _problem(event, expected, prev, tenant, checkpoints)
         if found is not None:

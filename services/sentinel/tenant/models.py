@@ -27,3 +27,4 @@ class Tenant(Base):
     delete_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     purge_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     purge_complete_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    audit_retention_days: Mapped[int] = mapped_column(Integer, default=365)

@@ -36,7 +36,8 @@ from sentinel.tenant.v1 import tenant_pb2, tenant_service_pb2, tenant_service_pb
 
 STATE = EnumText(tenant_pb2.TenantState, "TENANT_STATE_")
 PLAN = EnumText(tenant_pb2.TenantPlan, "TENANT_PLAN_")
-UPDATABLE = ("display_name", "plan")
+UPDATABLE = ("display_name", "plan", "audit_retention_days")
+RETENTION_DAYS = (90, 36500)
 RESERVED_SLUGS = frozenset({"platform", "admin", "api", "sentinel", "system", "root"})
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -47,7 +48,7 @@ def to_proto(row: Tenant) -> tenant_pb2.Tenant:
         state=STATE.value(row.state), create_time=timestamp(row.create_time),
         update_time=timestamp(row.update_time), etag=etag(row.id, row.version),
         suspension_reason=row.suspension_reason, delete_time=timestamp(row.delete_time),
-        purge_time=timestamp(row.purge_time),
+        purge_time=timestamp(row.purge_time), audit_retention_days=row.audit_retention_days,
     )
 
 
@@ -118,6 +119,12 @@ class TenantApi(tenant_service_pb2_grpc.TenantServiceServicer):
             values["display_name"] = request.tenant.display_name
         if "plan" in paths:
             values["plan"] = PLAN.text(request.tenant.plan, "tenant.plan")
+        if "audit_retention_days" in paths:
+            days = request.tenant.audit_retention_days
+            if not RETENTION_DAYS[0] <= days <= RETENTION_DAYS[1]:
+                violations.append(FieldViolation("tenant.audit_retention_days",
+                                                 f"must be {RETENTION_DAYS[0]}-{RETENTION_DAYS[1]} days"))
+            values["audit_retention_days"] = days
         require(violations)
         principal = require_call().principal
         if "plan" in values and not (principal and principal.is_platform_admin):

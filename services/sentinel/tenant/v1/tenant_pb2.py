@@ -26,7 +26,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsentinel/tenant/v1/tenant.proto\x12\x12sentinel.tenant.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x03\n\x06Tenant\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04slug\x18\x02 \x01(\tB\x04\xe2\x41\x01\x05\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12,\n\x04plan\x18\x04 \x01(\x0e\x32\x1e.sentinel.tenant.v1.TenantPlan\x12\x34\n\x05state\x18\x05 \x01(\x0e\x32\x1f.sentinel.tenant.v1.TenantStateB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x08 \x01(\t\x12\x1f\n\x11suspension_reason\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x64\x65lete_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\npurge_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03*\x9d\x01\n\x0bTenantState\x12\x1c\n\x18TENANT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13TENANT_STATE_ACTIVE\x10\x01\x12\x1a\n\x16TENANT_STATE_SUSPENDED\x10\x02\x12!\n\x1dTENANT_STATE_PENDING_DELETION\x10\x03\x12\x18\n\x14TENANT_STATE_DELETED\x10\x04*u\n\nTenantPlan\x12\x1b\n\x17TENANT_PLAN_UNSPECIFIED\x10\x00\x12\x14\n\x10TENANT_PLAN_FREE\x10\x01\x12\x18\n\x14TENANT_PLAN_STANDARD\x10\x02\x12\x1a\n\x16TENANT_PLAN_ENTERPRISE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsentinel/tenant/v1/tenant.proto\x12\x12sentinel.tenant.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x03\n\x06Tenant\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04slug\x18\x02 \x01(\tB\x04\xe2\x41\x01\x05\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12,\n\x04plan\x18\x04 \x01(\x0e\x32\x1e.sentinel.tenant.v1.TenantPlan\x12\x34\n\x05state\x18\x05 \x01(\x0e\x32\x1f.sentinel.tenant.v1.TenantStateB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x08 \x01(\t\x12\x1f\n\x11suspension_reason\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x64\x65lete_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\npurge_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1c\n\x14\x61udit_retention_days\x18\x0c \x01(\x05*\x9d\x01\n\x0bTenantState\x12\x1c\n\x18TENANT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13TENANT_STATE_ACTIVE\x10\x01\x12\x1a\n\x16TENANT_STATE_SUSPENDED\x10\x02\x12!\n\x1dTENANT_STATE_PENDING_DELETION\x10\x03\x12\x18\n\x14TENANT_STATE_DELETED\x10\x04*u\n\nTenantPlan\x12\x1b\n\x17TENANT_PLAN_UNSPECIFIED\x10\x00\x12\x14\n\x10TENANT_PLAN_FREE\x10\x01\x12\x18\n\x14TENANT_PLAN_STANDARD\x10\x02\x12\x1a\n\x16TENANT_PLAN_ENTERPRISE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,10 +49,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENANT'].fields_by_name['delete_time']._serialized_options = b'\342A\001\003'
   _globals['_TENANT'].fields_by_name['purge_time']._loaded_options = None
   _globals['_TENANT'].fields_by_name['purge_time']._serialized_options = b'\342A\001\003'
-  _globals['_TENANTSTATE']._serialized_start=559
-  _globals['_TENANTSTATE']._serialized_end=716
-  _globals['_TENANTPLAN']._serialized_start=718
-  _globals['_TENANTPLAN']._serialized_end=835
+  _globals['_TENANTSTATE']._serialized_start=589
+  _globals['_TENANTSTATE']._serialized_end=746
+  _globals['_TENANTPLAN']._serialized_start=748
+  _globals['_TENANTPLAN']._serialized_end=865
   _globals['_TENANT']._serialized_start=122
-  _globals['_TENANT']._serialized_end=556
+  _globals['_TENANT']._serialized_end=586
 # @@protoc_insertion_point(module_scope)

@@ -75,6 +75,7 @@ class Tenant(_message.Message):
     SUSPENSION_REASON_FIELD_NUMBER: _builtins.int
     DELETE_TIME_FIELD_NUMBER: _builtins.int
     PURGE_TIME_FIELD_NUMBER: _builtins.int
+    AUDIT_RETENTION_DAYS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUIDv7, assigned by the server."""
     slug: _builtins.str
@@ -90,6 +91,10 @@ class Tenant(_message.Message):
     suspension_reason: _builtins.str
     """Why the tenant was suspended (empty unless it was). Kept through a pending deletion, so
     a restored tenant goes back to SUSPENDED rather than slipping past its suspension.
+    """
+    audit_retention_days: _builtins.int
+    """Days the audit trail keeps events (default 365, at least 90). Older events are cut in
+    batches at a signed checkpoint, which is kept, so the rest still verifies.
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -119,10 +124,11 @@ class Tenant(_message.Message):
         suspension_reason: _builtins.str = ...,
         delete_time: _timestamp_pb2.Timestamp | None = ...,
         purge_time: _timestamp_pb2.Timestamp | None = ...,
+        audit_retention_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "purge_time", b"purge_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "display_name", b"display_name", "etag", b"etag", "id", b"id", "plan", b"plan", "purge_time", b"purge_time", "slug", b"slug", "state", b"state", "suspension_reason", b"suspension_reason", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_retention_days", b"audit_retention_days", "create_time", b"create_time", "delete_time", b"delete_time", "display_name", b"display_name", "etag", b"etag", "id", b"id", "plan", b"plan", "purge_time", b"purge_time", "slug", b"slug", "state", b"state", "suspension_reason", b"suspension_reason", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -178,7 +178,9 @@ class UpdateTenantRequest(_message.Message):
     def tenant(self) -> _tenant_pb2.Tenant: ...
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to update: display_name, plan. Empty means every non-empty field of tenant."""
+        """Fields to update: display_name, plan, audit_retention_days. Empty means every non-empty
+        field of tenant.
+        """
 
     def __init__(
         self,

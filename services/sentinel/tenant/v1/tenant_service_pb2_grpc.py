@@ -103,7 +103,7 @@ class TenantServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateTenant(self, request, context):
-        """Updates display_name and/or plan. PATCH with update_mask updates the listed fields;
+        """Updates display_name, plan and/or audit_retention_days (90-36500). PATCH with update_mask updates the listed fields;
         without a mask (and for PUT) every non-empty field in the body is applied.
         Changing the plan is reserved to platform administrators.
         Errors: NOT_FOUND, INVALID_ARGUMENT, ABORTED (stale etag), PERMISSION_DENIED.

@@ -44,7 +44,7 @@ class TenantServiceStub:
     the caller's own otherwise), ordered by creation time then id.
     """
     UpdateTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.UpdateTenantRequest, _tenant_service_pb2.UpdateTenantResponse]
-    """Updates display_name and/or plan. PATCH with update_mask updates the listed fields;
+    """Updates display_name, plan and/or audit_retention_days (90-36500). PATCH with update_mask updates the listed fields;
     without a mask (and for PUT) every non-empty field in the body is applied.
     Changing the plan is reserved to platform administrators.
     Errors: NOT_FOUND, INVALID_ARGUMENT, ABORTED (stale etag), PERMISSION_DENIED.
@@ -91,7 +91,7 @@ class TenantServiceAsyncStub(TenantServiceStub):
     the caller's own otherwise), ordered by creation time then id.
     """
     UpdateTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.UpdateTenantRequest, _tenant_service_pb2.UpdateTenantResponse]  # type: ignore[assignment]
-    """Updates display_name and/or plan. PATCH with update_mask updates the listed fields;
+    """Updates display_name, plan and/or audit_retention_days (90-36500). PATCH with update_mask updates the listed fields;
     without a mask (and for PUT) every non-empty field in the body is applied.
     Changing the plan is reserved to platform administrators.
     Errors: NOT_FOUND, INVALID_ARGUMENT, ABORTED (stale etag), PERMISSION_DENIED.
@@ -159,7 +159,7 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tenant_service_pb2.UpdateTenantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tenant_service_pb2.UpdateTenantResponse, _abc.Awaitable[_tenant_service_pb2.UpdateTenantResponse]]:
-        """Updates display_name and/or plan. PATCH with update_mask updates the listed fields;
+        """Updates display_name, plan and/or audit_retention_days (90-36500). PATCH with update_mask updates the listed fields;
         without a mask (and for PUT) every non-empty field in the body is applied.
         Changing the plan is reserved to platform administrators.
         Errors: NOT_FOUND, INVALID_ARGUMENT, ABORTED (stale etag), PERMISSION_DENIED.
