@@ -185,3 +185,29 @@ async def test_a_stream_follows_new_events_and_ends_when_the_session_does(world:
     assert received == ["live.0", "live.1", "live.2"]
     await usg.AuthServiceStub(world.channels["user"]).Logout(usp.LogoutRequest(), metadata=t.owner.metadata)
     assert await asyncio.wait_for(task, 3) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_suspended_tenants_trail_stays_readable_to_platform_admins(world: World) -> None:
+    import asyncio
+
+    from sentinel.tenant.v1 import tenant_service_pb2 as tsp
+    from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
+
+    t = await seeded(world)
+    tenants = tsg.TenantServiceStub(world.channels["tenant"])
+    await tenants.SuspendTenant(tsp.SuspendTenantRequest(id=t.id, reason="audit review"), metadata=world.admin.metadata)
+    for _ in range(50):  # the tenant's own owner is out within a second ...
+        try:
+            await audit(world).ListAuditEvents(asp.ListAuditEventsRequest(), metadata=t.owner.metadata)
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the suspended tenant's owner still reads the trail")
+    # ... while a platform administrator still reads and verifies it.
+    events = (await audit(world).ListAuditEvents(asp.ListAuditEventsRequest(tenant_id=t.id),
+                                                 metadata=world.admin.metadata)).events
+    assert len(events) == 7
+    assert (await audit(world).VerifyAuditChain(asp.VerifyAuditChainRequest(tenant_id=t.id),
+                                                metadata=world.admin.metadata)).valid
