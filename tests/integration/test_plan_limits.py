@@ -75,7 +75,8 @@ async def test_creates_serialise_on_the_tenant_lock(world: World, pg_stack: Any)
     try:
         tx = conn.transaction()
         await tx.start()
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sentinel.users:' || $1::text))", tenant_id)
+        # The key db.lock_in_tenant(session, "sentinel.limit:users") takes in the bound tenant.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sentinel.limit:users' || $1::text))", tenant_id)
         pending = asyncio.ensure_future(create(world, tenant_id, 1))
         await asyncio.sleep(0.7)
         assert not pending.done(), "CreateUser did not wait for the tenant's user lock"

@@ -23,14 +23,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import text
 
-from sentinel.audit import chain
+from sentinel.audit import chain, store
 from sentinel.platform import db
 from sentinel.platform.auth import PLATFORM_TENANT_ID
 
 log = logging.getLogger("sentinel.audit.checkpoints")
 _TENANTS = text("SELECT id FROM tenants ORDER BY id")
-_HEAD = text("SELECT sequence, hash FROM audit_events WHERE tenant_id = sentinel_tenant_id() "
-             "ORDER BY sequence DESC LIMIT 1")
 _LAST = text("SELECT max(sequence) FROM audit_checkpoints WHERE tenant_id = sentinel_tenant_id()")
 _INSERT = text("INSERT INTO audit_checkpoints (tenant_id, sequence, hash, create_time, key_id, signature) "
                "VALUES (:tenant_id, :sequence, :hash, :create_time, :key_id, :signature) ON CONFLICT DO NOTHING")
@@ -94,11 +92,11 @@ async def checkpoint_all(signer: CheckpointSigner) -> int:
     made = 0
     for tenant_id in tenants:
         async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
-            head = (await session.execute(_HEAD)).first()
+            sequence, head_hash = await store.head(session)
             last = await session.scalar(_LAST)
-            if head is None or (last is not None and int(last) >= int(head.sequence)):
+            if sequence == 0 or (last is not None and int(last) >= sequence):
                 continue
-            cp = signer.sign(tenant_id, int(head.sequence), str(head.hash))
+            cp = signer.sign(tenant_id, sequence, head_hash)
             await session.execute(_INSERT, dict(cp, tenant_id=tenant_id))
             made += 1
     return made

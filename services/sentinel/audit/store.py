@@ -21,7 +21,6 @@ from sentinel.audit import chain
 from sentinel.platform import db
 from sentinel.platform.ids import uuid7
 
-_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('sentinel.audit:' || sentinel_tenant_id()::text))")
 _HEAD = text("SELECT sequence, hash FROM audit_events WHERE tenant_id = sentinel_tenant_id() "
              "ORDER BY sequence DESC LIMIT 1")
 _COLUMNS = [*chain.FIELDS, "prev_hash", "hash"]
@@ -31,6 +30,12 @@ _PAGE = text(f"SELECT {', '.join(_COLUMNS)} FROM audit_events "  # noqa: S608 (f
              "WHERE tenant_id = sentinel_tenant_id() AND sequence > :after ORDER BY sequence LIMIT :limit")
 
 
+async def head(session: AsyncSession) -> tuple[int, str]:
+    """The bound tenant's chain head: (sequence, hash), or (0, GENESIS) for an empty chain."""
+    row = (await session.execute(_HEAD)).first()
+    return (int(row.sequence), str(row.hash)) if row else (0, chain.GENESIS)
+
+
 async def append(session: AsyncSession, tenant_id: uuid.UUID,
                  events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Link ``events`` onto the tenant's chain inside the session's (tenant-bound) transaction.
@@ -38,9 +43,8 @@ async def append(session: AsyncSession, tenant_id: uuid.UUID,
     Each event is a mapping of ``chain.FIELDS`` minus ``tenant_id``/``sequence`` (``id`` and
     ``event_time`` are filled in when absent). Returns the stored rows, hashes included.
     """
-    await session.execute(_LOCK)
-    head = (await session.execute(_HEAD)).first()
-    sequence, prev = (int(head.sequence), str(head.hash)) if head else (0, chain.GENESIS)
+    await db.lock_in_tenant(session, "sentinel.audit:append")
+    sequence, prev = await head(session)
     rows = []
     for event in events:
         sequence += 1

@@ -22,6 +22,8 @@ _BIND = text(
     "SELECT set_config('sentinel.tenant_id', :tenant, true), set_config('sentinel.platform', :platform, true)"
 )
 
+_TENANT_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(CAST(:name AS text) || sentinel_tenant_id()::text))")
+
 _engine: AsyncEngine | None = None
 _sessions: async_sessionmaker[AsyncSession] | None = None
 _active: ContextVar[AsyncSession | None] = ContextVar("sentinel_session", default=None)
@@ -95,3 +97,9 @@ async def unit_of_work(*, tenant_id: uuid.UUID | None = None, platform: bool | N
             yield session
         finally:
             _active.reset(token)
+
+
+async def lock_in_tenant(session: AsyncSession, name: str) -> None:
+    """Serialise this transaction with every other one of the bound tenant that takes ``name``
+    (held until commit or rollback): check-then-insert sequences cannot interleave."""
+    await session.execute(_TENANT_LOCK, {"name": name})

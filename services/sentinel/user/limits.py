@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import Select, text
 
+from sentinel.platform import db
 from sentinel.platform.errors import NotFound, ResourceExhausted
 
 _PLAN = text("SELECT plan FROM tenants WHERE id = sentinel_tenant_id()")
-_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(CAST(:key AS text) || sentinel_tenant_id()::text))")
 
 
 async def enforce_plan_limit(session: Any, limits: dict[str, int], *, resource: str, count: Select[Any],
@@ -25,7 +25,7 @@ async def enforce_plan_limit(session: Any, limits: dict[str, int], *, resource: 
     limit = limits.get(plan)
     if limit is None:
         return
-    await session.execute(_LOCK, {"key": f"sentinel.{resource}:"})
+    await db.lock_in_tenant(session, f"sentinel.limit:{resource}")
     have = int(await session.scalar(count) or 0)
     if have + adding > limit:
         raise ResourceExhausted(f"the tenant's plan '{plan}' allows {limit} {resource} and it has {have}; "

@@ -16,7 +16,7 @@ from typing import Any
 
 from google.protobuf import message_factory
 from google.protobuf.message import Message
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from sentinel.platform import db
@@ -27,7 +27,6 @@ from sentinel.platform.models import IdempotencyRecord
 MAX_KEY_LENGTH = 200
 #: How long a key replays its first response; after that it may be used again.
 REPLAY_WINDOW = dt.timedelta(hours=24)
-_KEY_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(CAST(:key AS text) || sentinel_tenant_id()::text))")
 
 
 def request_key(call: Call) -> str:
@@ -78,7 +77,7 @@ class IdempotencyInterceptor:
         digest = request_hash(call.request)
         async with db.unit_of_work() as session:
             # Concurrent requests with one key queue here; the second then finds the first's record.
-            await session.execute(_KEY_LOCK, {"key": f"{call.method}|{key}"})
+            await db.lock_in_tenant(session, f"sentinel.idempotency:{call.method}|{key}")
             found = (await session.execute(
                 select(IdempotencyRecord).where(
                     IdempotencyRecord.tenant_id == call.db_tenant_id,
