@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -141,9 +142,11 @@ def _audit_verify(ns: argparse.Namespace) -> int:
 
 
 def _audit_export(ns: argparse.Namespace) -> int:
+    from google.protobuf import json_format
     from sqlalchemy import text
 
-    from sentinel.audit import ndjson, store
+    from sentinel.audit import checkpoints, ndjson, store
+    from sentinel.audit.convert import checkpoint_proto
     from sentinel.platform import db
     from sentinel.platform.config import get_settings
 
@@ -157,6 +160,10 @@ def _audit_export(ns: argparse.Namespace) -> int:
                 print(f"sentinel audit export: no tenant with slug '{ns.tenant}'", file=sys.stderr)
                 return 2
             with ns.output.open("w", encoding="utf-8") as out:
+                # Signed checkpoints first, as in the API's export: after a retention cut the
+                # chain verifies from the one at the cut.
+                for cp in await checkpoints.list_for(tenant.id):
+                    out.write(json.dumps({"checkpoint": json_format.MessageToDict(checkpoint_proto(cp))}) + "\n")
                 async for page in store.events(tenant.id):
                     out.writelines(ndjson.line(event) + "\n" for event in page)
         finally:
@@ -221,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit", required=True)
     p = audit.add_parser("verify", help="verify an exported audit chain offline (no database)")
-    p.add_argument("file", type=Path, help="NDJSON export, one event per line in sequence order")
+    p.add_argument("file", type=Path, help="NDJSON export (checkpoints, then one event per line in sequence order)")
     p.add_argument("--public-key", type=Path, help="the audit service's public key (PEM) to authenticate checkpoints")
     p.set_defaults(func=_audit_verify)
     p = audit.add_parser("export", help="export a tenant's audit chain as NDJSON (operators; database access)")

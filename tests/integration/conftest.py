@@ -76,6 +76,8 @@ class Tenant:
     invitation_id: str = ""
     #: An event of the tenant's audit chain.
     audit_event_id: str = ""
+    #: The chain head once the set-up's own events (tenant, users, logins, key...) were recorded.
+    audit_base: int = 0
 
 
 @dataclass
@@ -125,6 +127,7 @@ async def make_tenant(channels: dict[str, grpc.aio.Channel], admin: Principal, n
     invitation = await ivg.InvitationServiceStub(channels["user"]).CreateInvitation(ivp.CreateInvitationRequest(
         email=f"invited@{slug}.example.com", role=common_pb2.ROLE_VIEWER), metadata=principals["owner"].metadata)
     t.invitation_id = invitation.invitation.id
+    t.audit_base = await audit_head(t.id)  # the set-up's own events are in the chain before the test starts
     return t
 
 
@@ -138,6 +141,55 @@ async def kernel_db(stack: Stack) -> AsyncIterator[None]:
     db.init(Settings(database_url=SecretStr(stack.app_url)))
     yield
     await db.dispose()
+
+
+async def bare_tenant(name: str) -> tuple[str, str]:
+    """A tenant row and nothing else (no users, so no recorded events): (id, slug). For tests that
+    need a chain to start with events they append themselves, e.g. old ones for retention."""
+    from sentinel.platform import db
+    from sentinel.platform.auth import PLATFORM_TENANT_ID
+    from sentinel.platform.ids import uuid7
+    from sqlalchemy import text
+
+    tenant_id, slug = uuid7(), f"{name}-{uuid.uuid4().hex[:8]}"
+    async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:
+        await session.execute(text("INSERT INTO tenants (id, slug, display_name) VALUES (:id, :slug, :slug)"),
+                              {"id": tenant_id, "slug": slug})
+    return str(tenant_id), slug
+
+
+async def audit_settled(within: float = 20.0) -> None:
+    """Wait until every event recorded so far has reached its chain (the audit outbox is empty).
+
+    A call's audit event is committed to the outbox before the call returns, so after this the
+    chains hold everything the test has done.
+    """
+    import asyncio
+    import time
+
+    from sentinel.platform import db
+    from sentinel.platform.auth import PLATFORM_TENANT_ID
+    from sqlalchemy import text
+
+    deadline = time.monotonic() + within
+    while True:
+        async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:
+            pending = await session.scalar(text("SELECT count(*) FROM audit_outbox WHERE error IS NULL"))
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{pending} audit events still in the outbox after {within}s")
+        await asyncio.sleep(0.05)
+
+
+async def audit_head(tenant_id: str) -> int:
+    """The tenant's chain head sequence, once the outbox has drained."""
+    from sentinel.audit import store
+    from sentinel.platform import db
+
+    await audit_settled()
+    async with db.unit_of_work(tenant_id=uuid.UUID(tenant_id), platform=False) as session:
+        return (await store.head(session))[0]
 
 
 async def append_audit_event(tenant_id: str, **fields: Any) -> str:

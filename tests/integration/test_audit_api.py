@@ -13,8 +13,9 @@ import pytest
 from sentinel.audit.v1 import audit_pb2
 from sentinel.audit.v1 import audit_service_pb2 as asp
 from sentinel.audit.v1 import audit_service_pb2_grpc as asg
+from sentinel.platform.auth import PLATFORM_TENANT_ID
 
-from tests.integration.conftest import World, append_audit_event, make_tenant
+from tests.integration.conftest import World, append_audit_event, audit_settled, make_tenant
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ async def test_list_filters_orders_and_pages(world: World) -> None:
     md = t.owner.metadata
     newest = (await audit(world).ListAuditEvents(asp.ListAuditEventsRequest(), metadata=md)).events
     sequences = [e.sequence for e in newest]
-    assert sequences == sorted(sequences, reverse=True) and sequences == list(range(7, 0, -1))
+    assert sequences == list(range(t.audit_base + 7, 0, -1))
     oldest = (await audit(world).ListAuditEvents(asp.ListAuditEventsRequest(order=asp.SORT_ORDER_OLDEST_FIRST),
                                                  metadata=md)).events
     assert [e.sequence for e in oldest] == sorted(sequences)
@@ -77,16 +78,26 @@ async def test_who_sees_what(world: World) -> None:
     # A platform administrator reads the tenant they name.
     named = (await audit(world).ListAuditEvents(asp.ListAuditEventsRequest(tenant_id=t.id),
                                                 metadata=world.admin.metadata)).events
-    assert {e.tenant_id for e in named} == {t.id} and len(named) == 7
+    assert {e.tenant_id for e in named} == {t.id} and len(named) == t.audit_base + 7
     one = (await audit(world).GetAuditEvent(asp.GetAuditEventRequest(id=named[0].id, tenant_id=t.id),
                                             metadata=world.admin.metadata)).event
     assert one == named[0]
+    # Both reads by the platform administrator are in the tenant's own trail; the owner's
+    # and the other tenant's reads (their own business) are not.
+    await audit_settled()
+    access = (await audit(world).ListAuditEvents(asp.ListAuditEventsRequest(
+        filter=asp.AuditFilter(action="platform.access")), metadata=t.owner.metadata)).events
+    assert [e.diff["method"] for e in access] == ["/sentinel.audit.v1.AuditService/GetAuditEvent",
+                                                  "/sentinel.audit.v1.AuditService/ListAuditEvents"]
+    assert {(e.actor.type, e.actor.id, e.actor.tenant_id, e.target.type, e.target.id) for e in access} == {
+        (audit_pb2.ACTOR_TYPE_USER, world.admin.user_id, str(PLATFORM_TENANT_ID), "tenant", t.id)}
+    assert access[0].diff["id"] == named[0].id  # what was read
 
 
 async def test_verification_over_grpc_and_rest_finds_tampering(world: World, stack: Any) -> None:
     t = await seeded(world)
     reply = await audit(world).VerifyAuditChain(asp.VerifyAuditChainRequest(), metadata=t.owner.metadata)
-    assert reply.valid and reply.events_checked == 7 and reply.head.sequence == 7
+    assert reply.valid and reply.events_checked == t.audit_base + 7 and reply.head.sequence == t.audit_base + 7
     conn = await asyncpg.connect(stack.owner_url.replace("postgresql+asyncpg://", "postgresql://", 1))
     try:
         async with conn.transaction():  # the owner role rewrites history
@@ -142,14 +153,15 @@ async def test_an_export_over_rest_is_ndjson_and_verifies_offline(world: World, 
         other = await http.get("/api/v1/audit/events:export", params={"tenant_id": t.id},
                                headers=world.b.owner.headers)
         assert t.id not in other.text and world.b.id in other.text
-    assert len(lines) - len(checkpoint_lines) == 1207
+    total = t.audit_base + 1207
+    assert len(lines) - len(checkpoint_lines) == total
     assert all(line.startswith('{"event":') for line in lines[len(checkpoint_lines):])
     export = tmp_path / "export.ndjson"
     export.write_text("\n".join(lines) + "\n")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "sentinel", "audit", "verify", str(export),
                                                 env={"PATH": "/usr/bin:/bin"}, stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
-    assert proc.returncode == 0 and "OK: 1207 event(s)" in out.decode(), out
+    assert proc.returncode == 0 and f"OK: {total} event(s)" in out.decode(), out
     # gRPC: the same stream; a filter narrows it.
     stream = audit(world).ExportAuditEvents(asp.ExportAuditEventsRequest(filter=asp.AuditFilter(action="bulk.event")),
                                             metadata=t.owner.metadata)
@@ -205,9 +217,12 @@ async def test_a_suspended_tenants_trail_stays_readable_to_platform_admins(world
         await asyncio.sleep(0.02)
     else:
         raise AssertionError("the suspended tenant's owner still reads the trail")
-    # ... while a platform administrator still reads and verifies it.
+    # ... while a platform administrator still reads and verifies it, the suspension in it.
+    await audit_settled()
     events = (await audit(world).ListAuditEvents(asp.ListAuditEventsRequest(tenant_id=t.id),
                                                  metadata=world.admin.metadata)).events
-    assert len(events) == 7
+    assert len(events) == t.audit_base + 8
+    assert (events[0].action, events[0].actor.id, events[0].diff["reason"]) == (
+        "tenant.suspend", world.admin.user_id, "audit review")
     assert (await audit(world).VerifyAuditChain(asp.VerifyAuditChainRequest(tenant_id=t.id),
                                                 metadata=world.admin.metadata)).valid

@@ -14,10 +14,8 @@ import asyncpg
 import pytest
 from sentinel.audit import store
 from sentinel.platform import db
-from sentinel.tenant.v1 import tenant_service_pb2 as tsp
-from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
 
-from tests.integration.conftest import World
+from tests.integration.conftest import World, bare_tenant
 
 pytestmark = pytest.mark.integration
 
@@ -32,10 +30,9 @@ def audit_db(kernel_db: None) -> None:
 
 
 async def new_tenant(world: World) -> tuple[uuid.UUID, str]:
-    slug = f"audit-{uuid.uuid4().hex[:8]}"
-    reply = await tsg.TenantServiceStub(world.channels["tenant"]).CreateTenant(
-        tsp.CreateTenantRequest(slug=slug, display_name="Audit"), metadata=world.admin.metadata)
-    return uuid.UUID(reply.tenant.id), slug
+    """A tenant with an empty chain: these tests control every event in it."""
+    tenant_id, slug = await bare_tenant("audit")
+    return uuid.UUID(tenant_id), slug
 
 
 def event(i: int) -> dict[str, Any]:

@@ -35,8 +35,9 @@ def test_health_is_public_and_reports_every_service(http: httpx.Client) -> None:
     names = {c["name"]: c for c in body["components"]}
     assert {"service:tenant", "service:user", "service:audit", "service:scheduler", "database"} <= set(names)
     assert names["database"]["status"] == "SERVING_STATUS_SERVING"
-    assert "issue 3" in names["service:audit"]["detail"]  # partly implemented, and says so
-    assert names["service:audit"]["status"] == "SERVING_STATUS_DEGRADED"
+    assert names["service:audit"]["status"] == "SERVING_STATUS_SERVING"
+    assert "issue 4" in names["service:scheduler"]["detail"]  # health only so far, and says so
+    assert names["service:scheduler"]["status"] == "SERVING_STATUS_DEGRADED"
 
 
 def test_login_shape_and_generic_failure(http: httpx.Client, stack: Any) -> None:

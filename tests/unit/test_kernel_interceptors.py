@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
+import jwt
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -36,6 +37,7 @@ from sentinel.platform.errors import (
     Unauthenticated,
 )
 from sentinel.platform.interceptors import Chain, _peer_ip, default_chain
+from sentinel.platform.interceptors.audit import AuditInterceptor, AuditTransaction
 from sentinel.platform.interceptors.authn import AuthnInterceptor
 from sentinel.platform.interceptors.errors import STATUS_DETAILS_KEY, ErrorsInterceptor
 from sentinel.platform.interceptors.idempotency import (
@@ -47,6 +49,7 @@ from sentinel.platform.interceptors.idempotency import (
 from sentinel.platform.interceptors.logging import LoggingInterceptor
 from sentinel.platform.interceptors.metrics import MetricsInterceptor, method_label
 from sentinel.platform.interceptors.policy import PolicyInterceptor, field_value
+from sentinel.platform.service_identity import ServiceTokens, ServiceVerifier
 from sentinel.tenant.v1 import tenant_pb2, tenant_service_pb2, tenant_service_pb2_grpc
 from sentinel.user.v1 import user_pb2, user_service_pb2, user_service_pb2_grpc
 
@@ -146,6 +149,9 @@ async def _ping(request: empty_pb2.Empty, context: Any) -> empty_pb2.Empty:
 # --------------------------------------------------------------------------- fixtures
 
 
+SERVICE_KEYS = {name: Ed25519PrivateKey.generate() for name in ("tenant", "user")}
+
+
 @dataclasses.dataclass
 class Stack:
     channel: grpc.aio.Channel
@@ -153,6 +159,9 @@ class Stack:
 
     def token(self, role: str = "admin", tenant: uuid.UUID = TENANT_A, subject: str = USER,
               session_id: str = "s-1") -> str:
+        if role == "service":  # services sign with their own key (service_identity)
+            name = subject.removeprefix("service:")
+            return ServiceTokens(name, SERVICE_KEYS[name], issuer=ISS).token()
         return self.signer.sign(Principal(subject, tenant, role, session_id=session_id), ttl_seconds=300)
 
     def auth(self, role: str = "admin", tenant: uuid.UUID = TENANT_A, **kw: str) -> tuple[tuple[str, str], ...]:
@@ -179,7 +188,8 @@ class Stack:
 async def stack() -> AsyncIterator[Stack]:
     signer = TokenSigner("k1", Ed25519PrivateKey.generate(), issuer=ISS, audience=AUD)
     verifier = TokenVerifier({"k1": signer.public_key()}, issuer=ISS, audience=AUD)
-    server = grpc.aio.server(interceptors=[default_chain(SERVICE, verifier)])
+    services = ServiceVerifier({n: k.public_key() for n, k in SERVICE_KEYS.items()}, issuer=ISS)
+    server = grpc.aio.server(interceptors=[default_chain(SERVICE, verifier, services)])
     user_service_pb2_grpc.add_AuthServiceServicer_to_server(Auth(), server)
     user_service_pb2_grpc.add_UserServiceServicer_to_server(Users(), server)
     tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(Tenants(), server)
@@ -400,10 +410,33 @@ async def test_internal_scope_is_for_services_only(stack: Stack) -> None:
         audit_service_pb2.AppendEventsRequest(events=[audit_pb2.AuditEvent()]),
         metadata=stack.auth("service", subject="service:user", session_id=""))
     assert reply.appended == 1
-    assert SEEN[-1]["tenant_id"] == TENANT_A
+    assert SEEN[-1]["tenant_id"] == PLATFORM_TENANT_ID  # a service acts for the platform
     for role, tenant in (("owner", TENANT_A), ("platform_admin", PLATFORM_TENANT_ID)):
         async with _fails(grpc.StatusCode.PERMISSION_DENIED, "MISSING_PERMISSION"):
             await stack.audit.AppendEvents(audit_service_pb2.AppendEventsRequest(), metadata=stack.auth(role, tenant))
+
+
+async def test_service_role_cannot_be_forged_with_the_user_signing_key(stack: Stack) -> None:
+    # Whoever holds the user service's JWT key still cannot claim to be a service.
+    forged = stack.signer.sign(Principal("service:user", PLATFORM_TENANT_ID, "service"), ttl_seconds=300)
+    async with _fails(grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID"):
+        await stack.audit.AppendEvents(audit_service_pb2.AppendEventsRequest(),
+                                       metadata=(("authorization", f"Bearer {forged}"),))
+
+
+async def test_a_service_key_signs_only_for_its_own_service(stack: Stack) -> None:
+    # The tenant service's key, claiming to be the user service: refused.
+    impostor = ServiceTokens("tenant", SERVICE_KEYS["tenant"], issuer=ISS)
+    token = jwt.encode({**jwt.decode(impostor.token(), options={"verify_signature": False}),
+                        "sub": "service:user"}, SERVICE_KEYS["tenant"], algorithm="EdDSA",
+                       headers={"kid": "service-tenant"})
+    async with _fails(grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID"):
+        await stack.audit.AppendEvents(audit_service_pb2.AppendEventsRequest(),
+                                       metadata=(("authorization", f"Bearer {token}"),))
+    # An unknown service (no public key) is refused too.
+    stranger = ServiceTokens("billing", Ed25519PrivateKey.generate(), issuer=ISS)
+    async with _fails(grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID"):
+        await stack.audit.AppendEvents(audit_service_pb2.AppendEventsRequest(), metadata=stranger.metadata())
 
 
 async def test_method_without_a_contract_is_refused(stack: Stack) -> None:
@@ -745,9 +778,11 @@ async def test_idempotency_skips_reads_and_calls_without_tenant() -> None:
 def test_default_chain_order() -> None:
     chain = default_chain(SERVICE, None)
     assert isinstance(chain, Chain)
+    # Audit sits inside errors (it sees the raw exception) and outside authn and policy (it sees
+    # their refusals); its transaction wraps idempotency, so a replay is known before it records.
     assert [type(i) for i in chain.interceptors] == [MetricsInterceptor, LoggingInterceptor, ErrorsInterceptor,
-                                                     AuthnInterceptor, PolicyInterceptor]
-    assert [type(i) for i in chain.unary] == [IdempotencyInterceptor]
+                                                     AuditInterceptor, AuthnInterceptor, PolicyInterceptor]
+    assert [type(i) for i in chain.unary] == [AuditTransaction, IdempotencyInterceptor]
 
 
 async def test_authn_without_verifier_refuses_tokens() -> None:

@@ -55,3 +55,9 @@ def from_proto(event: audit_pb2.AuditEvent) -> dict[str, Any]:
         "user_agent": event.user_agent, "diff": json_format.MessageToDict(event.diff),
         "prev_hash": event.prev_hash, "hash": event.hash,
     }
+
+
+def checkpoint_proto(cp: dict[str, Any]) -> audit_pb2.Checkpoint:
+    return audit_pb2.Checkpoint(tenant_id=str(cp["tenant_id"]), sequence=int(cp["sequence"]), hash=cp["hash"],
+                                create_time=timestamp(cp["create_time"]), key_id=cp["key_id"],
+                                signature=cp["signature"])

@@ -7,6 +7,8 @@ Two line formats, one JSON object per line in sequence order, are accepted:
 * the operator's, from ``sentinel audit export``: the stored fields of ``chain.FIELDS`` plus
   ``prev_hash`` and ``hash``, times in RFC 3339 UTC with microseconds.
 
+Both carry the tenant's signed checkpoints first, as ``{"checkpoint": {...Checkpoint...}}``.
+
 A file is verified with nothing but itself: the links are recomputed exactly as the database
 computed them.
 """

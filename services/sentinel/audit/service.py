@@ -1,8 +1,9 @@
-"""AuditService handlers: query and verify a tenant's chain.
+"""AuditService handlers: append other services' events, and query, verify, export and follow
+a tenant's chain.
 
-Reads only here; RLS binds every query to the call's tenant (a platform administrator may
-name one with ``tenant_id``). Recording (AppendEvents and the services' outboxes), export,
-streaming and signed checkpoints are the rest of issue 3 and answer UNIMPLEMENTED until then.
+RLS binds every query to the call's tenant (a platform administrator may name one with
+``tenant_id``). AppendEvents is internal: only other Sentinel services, presenting their own
+service token, deliver events, drained from their outboxes (sentinel.platform.outbox).
 """
 
 from __future__ import annotations
@@ -10,21 +11,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from sqlalchemy import Select, func, select
+from sqlalchemy.exc import IntegrityError
 
 from sentinel.audit import checkpoints, store
-from sentinel.audit.convert import OUTCOME, to_proto
+from sentinel.audit.convert import OUTCOME, checkpoint_proto, from_proto, to_proto
 from sentinel.audit.models import AuditEventRow
 from sentinel.audit.v1 import audit_pb2, audit_service_pb2, audit_service_pb2_grpc
-from sentinel.common.v1 import common_pb2
 from sentinel.platform import db, revocation
 from sentinel.platform.calls import require_call
-from sentinel.platform.convert import timestamp
-from sentinel.platform.errors import FieldViolation, InvalidArgument, NotFound, Unauthenticated, Unimplemented
+from sentinel.platform.errors import FieldViolation, InvalidArgument, NotFound, Unauthenticated
 from sentinel.platform.ids import parse_uuid
 from sentinel.platform.pagination import page_size
 from sentinel.platform.server import Runtime, ServiceSpec
@@ -48,12 +49,6 @@ def filtered(query: Select[Any], f: pb.AuditFilter) -> Select[Any]:
         raise InvalidArgument("filter.end_time must be after filter.start_time",
                               [FieldViolation("filter.end_time", "not after start_time")])
     return query
-
-
-def checkpoint_proto(cp: dict[str, Any]) -> audit_pb2.Checkpoint:
-    return audit_pb2.Checkpoint(tenant_id=str(cp["tenant_id"]), sequence=int(cp["sequence"]), hash=cp["hash"],
-                                create_time=timestamp(cp["create_time"]), key_id=cp["key_id"],
-                                signature=cp["signature"])
 
 
 def load_signer(runtime: Runtime) -> checkpoints.CheckpointSigner | None:
@@ -115,9 +110,23 @@ class AuditApi(audit_service_pb2_grpc.AuditServiceServicer):
                                       hash=verdict.head_hash))
 
 
-    # The rest of issue 3: explicit, so clients get UNIMPLEMENTED with a reason, not a crash.
     async def AppendEvents(self, request: pb.AppendEventsRequest, context: Context) -> pb.AppendEventsResponse:
-        raise Unimplemented(PENDING)
+        """Link a batch of other services' events onto their tenants' chains (one transaction per
+        tenant), skipping events already appended: a drainer that lost our answer sends them again."""
+        if len(request.events) > MAX_APPEND:
+            raise InvalidArgument(f"at most {MAX_APPEND} events per call", [FieldViolation("events", "too many")])
+        by_tenant: dict[uuid.UUID, list[dict[str, Any]]] = {}
+        for i, event in enumerate(request.events):
+            by_tenant.setdefault(checked_tenant(event, i), []).append(from_proto(event))
+        appended = 0
+        for tenant_id, events in by_tenant.items():
+            try:
+                async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
+                    appended += len(await store.append(session, tenant_id, events, skip_known=True))
+            except IntegrityError:
+                raise InvalidArgument(f"tenant {tenant_id} does not exist",
+                                      [FieldViolation("events.tenant_id", "unknown tenant")]) from None
+        return pb.AppendEventsResponse(appended=appended, duplicates=len(request.events) - appended)
 
     async def ListCheckpoints(self, request: pb.ListCheckpointsRequest,
                               context: Context) -> pb.ListCheckpointsResponse:
@@ -182,6 +191,24 @@ class AuditApi(audit_service_pb2_grpc.AuditServiceServicer):
                 await asyncio.sleep(STREAM_POLL_SECONDS)
 
 
+def checked_tenant(event: audit_pb2.AuditEvent, i: int) -> uuid.UUID:
+    """Refuse an event that cannot be a faithful record: the whole batch, before any write."""
+    where = f"events[{i}]"
+    tenant_id = parse_uuid(event.tenant_id, f"{where}.tenant_id")
+    parse_uuid(event.id, f"{where}.id")
+    problems = [FieldViolation(f"{where}.{name}", problem) for name, problem, bad in (
+        ("action", "is required (at most 100 characters)", not event.action or len(event.action) > 100),
+        ("event_time", "is required", not event.HasField("event_time")),
+        ("outcome", "is required", not event.outcome),
+        ("sequence", "is assigned by the audit service", event.sequence != 0),
+        ("hash", "is computed by the audit service", bool(event.hash or event.prev_hash)),
+    ) if bad]
+    if problems:
+        raise InvalidArgument(f"{where} is not a valid audit event: {problems[0].field} {problems[0].description}",
+                              problems)
+    return tenant_id
+
+
 def still_allowed(call: Any) -> None:
     principal = call.principal
     if principal.session_id and revocation.revoked.is_revoked(principal.session_id):
@@ -191,7 +218,7 @@ def still_allowed(call: Any) -> None:
         raise blocked.refusal(principal.tenant_id, own=True)
 
 
-PENDING = "not implemented yet: recording comes with the rest of issue 3"
+MAX_APPEND = 5000
 EXPORT_PAGE = 1000
 STREAM_BATCH = 500
 STREAM_POLL_SECONDS = 0.25
@@ -221,7 +248,5 @@ def spec() -> ServiceSpec:
         name="audit",
         implements=[audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name],
         register=register,
-        status=common_pb2.SERVING_STATUS_DEGRADED,
-        detail="recording, AppendEvents and retention are not implemented yet (issue 3)",
         background=sign_checkpoints,
     )

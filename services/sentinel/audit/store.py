@@ -23,6 +23,7 @@ from sentinel.platform.ids import uuid7
 
 _HEAD = text("SELECT sequence, hash FROM audit_events WHERE tenant_id = sentinel_tenant_id() "
              "ORDER BY sequence DESC LIMIT 1")
+_KNOWN = text("SELECT id FROM audit_events WHERE tenant_id = sentinel_tenant_id() AND id = ANY(:ids)")
 _COLUMNS = [*chain.FIELDS, "prev_hash", "hash"]
 _INSERT = text(f"INSERT INTO audit_events ({', '.join(_COLUMNS)}) VALUES "  # noqa: S608 (fixed names)
                f"({', '.join(':' + c for c in _COLUMNS)})")
@@ -36,14 +37,25 @@ async def head(session: AsyncSession) -> tuple[int, str]:
     return (int(row.sequence), str(row.hash)) if row else (0, chain.GENESIS)
 
 
-async def append(session: AsyncSession, tenant_id: uuid.UUID,
-                 events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+async def append(session: AsyncSession, tenant_id: uuid.UUID, events: Iterable[Mapping[str, Any]], *,
+                 skip_known: bool = False) -> list[dict[str, Any]]:
     """Link ``events`` onto the tenant's chain inside the session's (tenant-bound) transaction.
 
     Each event is a mapping of ``chain.FIELDS`` minus ``tenant_id``/``sequence`` (``id`` and
-    ``event_time`` are filled in when absent). Returns the stored rows, hashes included.
+    ``event_time`` are filled in when absent). With ``skip_known``, events whose id is already
+    in the chain (or earlier in the batch) are left out. Returns the stored rows, hashes included.
     """
     await db.lock_in_tenant(session, "sentinel.audit:append")
+    if skip_known:
+        events = list(events)
+        ids = [uuid.UUID(str(e["id"])) for e in events]
+        seen = {str(i) for i in (await session.scalars(_KNOWN, {"ids": ids})).all()}
+        fresh = []
+        for event in events:
+            if str(event["id"]) not in seen:
+                seen.add(str(event["id"]))
+                fresh.append(event)
+        events = fresh
     sequence, prev = await head(session)
     rows = []
     for event in events:

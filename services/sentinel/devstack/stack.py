@@ -120,6 +120,11 @@ class Stack:
         return self.secrets_dir / "audit"
 
     @property
+    def service_keys_dir(self) -> Path:
+        """Each service's own key (``<name>.key.pem``) for internal calls; ``public/`` for all."""
+        return self.secrets_dir / "services"
+
+    @property
     def keys_dir(self) -> Path:
         return self.secrets_dir / "jwt"
 
@@ -213,6 +218,10 @@ class Stack:
         if not list(self.audit_keys_dir.glob("*.key.pem")):  # signs audit checkpoints
             self.audit_keys_dir.mkdir(mode=0o700, exist_ok=True)
             generate_signing_key(self.audit_keys_dir, kid="audit-" + new_kid().removeprefix("key-"))
+        self.service_keys_dir.mkdir(mode=0o700, exist_ok=True)
+        for name in SERVICES:
+            if not (self.service_keys_dir / f"{name}.key.pem").exists():
+                generate_signing_key(self.service_keys_dir, kid=name)
 
     def _spawn(self, name: str, argv: list[str], *, env: Mapping[str, str] | None = None,
                user: str | None = None, stop_signal: int = signal.SIGTERM) -> Proc:
@@ -359,6 +368,7 @@ class Stack:
             "SENTINEL_REDIS_URL_FILE": str(self._write_secret("redis-url", self.redis_url)),
             "SENTINEL_PAGE_TOKEN_SECRET_FILE": str(self.secrets_dir / "page-token.secret"),
             "SENTINEL_JWT_PUBLIC_KEYS_DIR": str(self.keys_dir / "public"),
+            "SENTINEL_SERVICE_PUBLIC_KEYS_DIR": str(self.service_keys_dir / "public"),
             "SENTINEL_GRPC_HOST": self.host,
             "SENTINEL_METRICS_HOST": self.host,
             **{f"SENTINEL_{n.upper()}_ADDR": self.service_target(n) for n in SERVICES},
@@ -367,6 +377,7 @@ class Stack:
             env["SENTINEL_SERVICE"] = name
             env["SENTINEL_GRPC_PORT"] = str(self.ports.grpc[name])
             env["SENTINEL_METRICS_PORT"] = str(self.ports.metrics[name])
+            env["SENTINEL_SERVICE_KEY_FILE"] = str(self.service_keys_dir / f"{name}.key.pem")
             if name == "user":  # only the user service holds the signing keys
                 env["SENTINEL_JWT_SIGNING_KEYS_DIR"] = str(self.keys_dir)
             if name == "audit":
@@ -401,11 +412,24 @@ class Stack:
         self.admin_password = password or (words[words.index("password:") + 1] if "password:" in words else "")
 
     def _start_services(self, timeout: float) -> None:
-        procs = {n: self._spawn(n, [sys.executable, "-m", "sentinel", "serve", n], env=self.service_env(n))
-                 for n in SERVICES}
+        procs = {n: self._spawn_service(n) for n in SERVICES}
         for n, proc in procs.items():
-            target = self.service_target(n)
-            self._wait(functools.partial(self._grpc_serving, target), proc, timeout, f"{n} service")
+            self._wait(functools.partial(self._grpc_serving, self.service_target(n)), proc, timeout, f"{n} service")
+
+    def _spawn_service(self, name: str) -> Proc:
+        return self._spawn(name, [sys.executable, "-m", "sentinel", "serve", name], env=self.service_env(name))
+
+    def kill_service(self, name: str) -> None:
+        """SIGKILL one service, no draining (fault tests: a crash, not a shutdown)."""
+        for proc in [p for p in self.procs if p.name == name]:
+            proc.popen.kill()
+            proc.popen.wait()
+            self.procs.remove(proc)
+
+    def start_service(self, name: str, timeout: float = 60.0) -> None:
+        """Start one service again (after :meth:`kill_service`) and wait until it serves."""
+        proc = self._spawn_service(name)
+        self._wait(functools.partial(self._grpc_serving, self.service_target(name)), proc, timeout, f"{name} service")
 
     @staticmethod
     def _grpc_serving(target: str) -> bool:

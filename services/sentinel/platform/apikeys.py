@@ -7,13 +7,14 @@ ids travel on the same feed as revoked sessions and are refused within a second.
 
 from __future__ import annotations
 
+import hmac
 import time
 import uuid
 from collections import OrderedDict
 
 from sqlalchemy import text
 
-from sentinel.platform import db, opaque
+from sentinel.platform import auditlog, db, opaque
 from sentinel.platform.auth import PERMISSIONS, SESSION_SELF, Principal
 from sentinel.platform.errors import Unauthenticated
 
@@ -46,9 +47,9 @@ def grantable_scopes(role: str) -> frozenset[str]:
 
 
 _LOOKUP = text("""
-    SELECT k.service_account_id, k.scopes, k.expire_time, k.revoke_time, k.last_used_time, s.role
+    SELECT k.service_account_id, k.secret_hash, k.scopes, k.expire_time, k.revoke_time, k.last_used_time, s.role
     FROM api_keys k JOIN service_accounts s ON s.tenant_id = k.tenant_id AND s.id = k.service_account_id
-    WHERE k.id = :id AND k.secret_hash = :hash""")
+    WHERE k.id = :id""")
 _TOUCH = text("UPDATE api_keys SET last_used_time = now() WHERE id = :id "
               "AND (last_used_time IS NULL OR last_used_time < now() - interval '1 minute')")
 
@@ -72,10 +73,17 @@ class ApiKeyAuthenticator:
         if not db.initialised():
             raise Unauthenticated("this service does not accept API keys", reason="API_KEY_INVALID")
         async with db.unit_of_work(tenant_id=parsed.tenant_id, platform=False) as session:
-            row = (await session.execute(_LOOKUP, {"id": parsed.record_id, "hash": parsed.secret_hash})).first()
-            if row is not None and row.revoke_time is None and not _expired(row.expire_time, now):
+            row = (await session.execute(_LOOKUP, {"id": parsed.record_id})).first()
+            valid = row is not None and hmac.compare_digest(bytes(row.secret_hash), parsed.secret_hash)
+            if row is not None and valid and row.revoke_time is None and not _expired(row.expire_time, now):
                 await session.execute(_TOUCH, {"id": parsed.record_id})
-        if row is None:
+        if row is None:  # no such key: nothing real to record it against
+            raise Unauthenticated("the API key is not valid", reason="API_KEY_INVALID")
+        failure = ("API_KEY_INVALID" if not valid else "API_KEY_REVOKED" if row.revoke_time is not None
+                   else "API_KEY_EXPIRED" if _expired(row.expire_time, now) else "")
+        if failure:
+            refused(parsed.tenant_id, str(parsed.record_id), failure)
+        if not valid:
             raise Unauthenticated("the API key is not valid", reason="API_KEY_INVALID")
         if row.revoke_time is not None:
             raise Unauthenticated("this API key has been revoked", reason="API_KEY_REVOKED")
@@ -91,6 +99,12 @@ class ApiKeyAuthenticator:
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return principal
+
+
+def refused(tenant_id: uuid.UUID, key_id: str, reason: str) -> None:
+    """A real key of the tenant was presented and refused: its tenant's trail records the attempt."""
+    auditlog.note(tenant_id=tenant_id, action="auth.api_key", actor=("ANONYMOUS", ""), target=("api_key", key_id),
+                  diff={"reason": reason})
 
 
 def _expired(expire_time: object, now: float) -> bool:

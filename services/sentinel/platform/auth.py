@@ -204,6 +204,8 @@ class TokenVerifier:
             raise Unauthenticated("the bearer token is invalid", reason="TOKEN_INVALID") from None
         if claims.get("use", "access") != use:
             raise Unauthenticated("this token cannot be used here", reason="TOKEN_INVALID")
+        if claims["role"] == "service":  # only a service's own key (service_identity) grants that role
+            raise Unauthenticated("the bearer token is invalid", reason="TOKEN_INVALID")
         try:
             tenant_id = uuid.UUID(str(claims["tid"]))
         except ValueError:

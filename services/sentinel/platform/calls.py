@@ -19,6 +19,20 @@ from sentinel.platform.contracts import Rpc
 
 
 @dataclass(slots=True)
+class AuditNote:
+    """A handler's additions to the audit event of its call; unset fields are derived."""
+
+    tenant_id: uuid.UUID | None = None
+    #: Overrides the policy's audit action (e.g. ``auth.api_key`` for a refused key on any RPC).
+    action: str = ""
+    actor: tuple[str, str] | None = None  # (ACTOR_TYPE name without prefix, id)
+    target: tuple[str, str] | None = None  # (type, id)
+    diff: dict[str, Any] | None = None
+    #: True once the event is in the outbox (written by the handler in its own transaction).
+    recorded: bool = False
+
+
+@dataclass(slots=True)
 class Call:
     method: str
     rpc: Rpc | None
@@ -35,6 +49,10 @@ class Call:
     #: True only for platform-scoped RPCs of platform administrators.
     platform_scope: bool = False
     code: grpc.StatusCode = grpc.StatusCode.OK
+    #: What handlers tell the audit recorder that it cannot derive (see sentinel.platform.auditlog).
+    audit: AuditNote = field(default_factory=lambda: AuditNote())
+    #: Set by the idempotency interceptor when the response is a replay (nothing happened again).
+    replayed: bool = False
 
     @property
     def bearer_token(self) -> str:

@@ -107,6 +107,17 @@ class Settings(BaseSettings):
     # --- audit: the audit service's Ed25519 key that signs chain-head checkpoints, and how often
     audit_signing_key_file: Path | None = None
     audit_checkpoint_seconds: float = Field(default=300.0, gt=0)
+    # Every service records audit events in an outbox table in the same transaction as the change,
+    # and drains it to the audit service in batches: at once after a commit, and at least this often.
+    audit_outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    audit_outbox_batch: int = Field(default=500, ge=1, le=5000)
+    # Off only for measuring what recording costs (bench/audit.py); a warning is logged at start.
+    audit_recording: bool = True
+
+    # --- service identity: this service's Ed25519 key (<name>.key.pem) for internal calls, and the
+    # directory of every service's public key (<name>.pub.pem)
+    service_key_file: Path | None = None
+    service_public_keys_dir: Path | None = None
 
     # --- tenant lifecycle: days between DeleteTenant and the purge (RestoreTenant undoes it until then)
     tenant_deletion_grace_days: float = Field(default=30.0, ge=0)

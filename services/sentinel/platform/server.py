@@ -20,13 +20,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sentinel.common.v1 import common_pb2, common_pb2_grpc
-from sentinel.platform import clients, contracts, db, kv, metrics, revocation
+from sentinel.platform import auditlog, clients, contracts, db, kv, metrics, outbox, revocation
 from sentinel.platform import logging as json_logging
 from sentinel.platform.auth import TokenVerifier
 from sentinel.platform.config import Settings, get_settings
 from sentinel.platform.health import HealthApi, SelfStatus, database_check, peer_check
 from sentinel.platform.interceptors import default_chain
 from sentinel.platform.pagination import PageTokens
+from sentinel.platform.service_identity import ServiceTokens, ServiceVerifier
 
 log = logging.getLogger("sentinel.server")
 
@@ -46,6 +47,10 @@ class Runtime:
     settings: Settings
     verifier: TokenVerifier | None
     page_tokens: PageTokens
+    #: Verifies other services' tokens (internal RPCs); None: this process accepts none.
+    service_verifier: ServiceVerifier | None = None
+    #: This service's own identity for internal calls (e.g. draining the audit outbox).
+    service_tokens: ServiceTokens | None = None
 
 
 @dataclass
@@ -87,13 +92,20 @@ def make_runtime(settings: Settings) -> Runtime:
     secret = settings.page_token_secret.get_secret_value()
     if not secret:
         raise RuntimeError("SENTINEL_PAGE_TOKEN_SECRET (or _FILE) is not set")
-    return Runtime(settings=settings, verifier=verifier, page_tokens=PageTokens(secret.encode()))
+    service_verifier = tokens = None
+    if settings.service_public_keys_dir is not None:
+        service_verifier = ServiceVerifier.from_directory(settings.service_public_keys_dir, issuer=settings.jwt_issuer)
+    if settings.service_key_file is not None:
+        tokens = ServiceTokens.from_file(settings.service_key_file, issuer=settings.jwt_issuer)
+    return Runtime(settings=settings, verifier=verifier, page_tokens=PageTokens(secret.encode()),
+                   service_verifier=service_verifier, service_tokens=tokens)
 
 
 async def build_server(spec: ServiceSpec, runtime: Runtime) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     settings = runtime.settings
     check_contracts(spec)
-    server = grpc.aio.server(interceptors=[default_chain(spec.name, runtime.verifier)], options=SERVER_OPTIONS)
+    server = grpc.aio.server(interceptors=[default_chain(spec.name, runtime.verifier, runtime.service_verifier)],
+                             options=SERVER_OPTIONS)
     spec.register(server, runtime)
 
     checks = [database_check()] if spec.needs_database else []
@@ -119,8 +131,19 @@ async def build_server(spec: ServiceSpec, runtime: Runtime) -> tuple[grpc.aio.Se
 
 async def serve(spec: ServiceSpec, settings: Settings) -> None:
     runtime = make_runtime(settings)
+    tasks: list[asyncio.Task[None]] = []
     if spec.needs_database:
         db.init(settings)
+        auditlog.enabled = settings.audit_recording
+        if not settings.audit_recording:
+            log.warning("audit recording is OFF (SENTINEL_AUDIT_RECORDING=false): nothing is recorded")
+        elif runtime.service_tokens is None:
+            raise RuntimeError("SENTINEL_SERVICE_KEY_FILE is not set: this service cannot deliver audit events")
+        else:
+            send = outbox.grpc_sender(settings.audit_addr, runtime.service_tokens)
+            tasks.append(asyncio.create_task(outbox.run_drainer(
+                spec.name, send, batch=settings.audit_outbox_batch,
+                poll_seconds=settings.audit_outbox_poll_seconds), name="audit-outbox"))
     server, health_servicer = await build_server(spec, runtime)
     metrics.BUILD_INFO.labels(spec.name, settings.version).set(1)
     metrics.serve_metrics(settings.metrics_host, settings.resolved_metrics_port)
@@ -136,9 +159,8 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
         except TimeoutError:
             log.error("revoked sessions not loaded yet (Redis unreachable); serving anyway")
     await server.start()
-    background: asyncio.Task[None] | None = None
     if spec.background is not None:
-        background = asyncio.create_task(spec.background(runtime), name=f"{spec.name}-background")
+        tasks.append(asyncio.create_task(spec.background(runtime), name=f"{spec.name}-background"))
     log.info("serving", extra={"grpc": f"{settings.grpc_host}:{settings.resolved_grpc_port}",
                                "metrics_port": settings.resolved_metrics_port})
 
@@ -152,10 +174,10 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
     log.info("draining")
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=10)
-    if background is not None:
-        background.cancel()
+    for task in tasks:  # the outbox keeps what it has not sent; the next start sends it
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await background
+            await task
     await clients.close_all()
     await revocation.feed.stop()
     await kv.close()

@@ -16,8 +16,9 @@ import grpc
 from sqlalchemy import and_, func, or_, select, text, update
 
 from sentinel.common.v1 import common_pb2
-from sentinel.platform import db, kv, revocation
+from sentinel.platform import auditlog, db, kv, revocation
 from sentinel.platform.auth import (
+    PLATFORM_TENANT_ID,
     ROLE_BY_NAME,
     Principal,
     RotatingSigner,
@@ -84,6 +85,11 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
         # so the time taken does not tell which tenant slugs exist.
         async with db.unit_of_work(tenant_id=tenant.id if tenant else None, platform=False) as session:
             user = await session.scalar(select(User).where(func.lower(User.email) == request.email.lower()))
+        # Every outcome from here on is in the tenant's trail (unknown tenant slugs: the platform's).
+        auditlog.note(tenant_id=tenant.id if tenant else PLATFORM_TENANT_ID,
+                      actor=("USER", str(user.id)) if user else ("ANONYMOUS", ""),
+                      target=("user", str(user.id) if user else ""),
+                      diff={"tenant": request.tenant, "email": request.email})
         ok = await self.passwords.verify(user.password_hash if user else None, request.password)
         if not ok or user is None or tenant is None:
             lock_seconds = await self.throttle.failed(request.tenant, request.email, call.peer_ip)
@@ -119,6 +125,8 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
             if unlock:
                 values.update(state="active", locked_until=None)
             await session.execute(update(User).where(User.id == user.id).values(**values))
+            auditlog.note(diff={"email": request.email, "session_id": str(session_id)})
+            await auditlog.record(session, tenant_id=user.tenant_id)
         return user_service_pb2.LoginResponse(**self._tokens(principal, session_id, refresh_id))
 
     async def _lock(self, user: User, seconds: float) -> None:
@@ -140,6 +148,8 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
             session_id = uuid.UUID(claims.session_id)
         except ValueError:
             raise invalid from None
+        auditlog.note(tenant_id=claims.tenant_id, actor=("USER", claims.subject), target=("user", claims.subject),
+                      diff={"session_id": claims.session_id})
         blocked = revocation.tenants.blocked(claims.tenant_id)
         if blocked is not None:  # a suspended tenant's sessions cannot be extended either
             raise blocked.refusal(claims.tenant_id, own=True)
@@ -162,12 +172,15 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
                 # A spent refresh token came back: someone holds a copy. End the whole session.
                 row.revoke_time = now
                 reused = True
+                auditlog.note(diff={"session_id": claims.session_id, "reason": "REFRESH_REUSED",
+                                    "session_revoked": True})
             elif user is None or user.state != "active":
                 raise invalid
             else:
                 row.previous_refresh_token_hash = row.refresh_token_hash
                 row.refresh_token_hash = _hash(new_refresh_id)
                 row.last_refresh_time = now
+                await auditlog.record(session, tenant_id=claims.tenant_id)
         if reused:
             await revocation.announce(self.settings, [session_id])
         if reused or user is None:

@@ -9,7 +9,7 @@ import grpc
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from sentinel.platform import db, opaque, revocation
+from sentinel.platform import auditlog, db, opaque, revocation
 from sentinel.platform.calls import require_call
 from sentinel.platform.convert import timestamp
 from sentinel.platform.errors import (
@@ -154,6 +154,9 @@ class InvitationApi(invitation_service_pb2_grpc.InvitationServiceServicer):
             raise blocked.refusal(parsed.tenant_id, own=True)
         async with db.unit_of_work(tenant_id=parsed.tenant_id, platform=False) as session:
             row = await session.get(Invitation, parsed.record_id)
+        if row is not None:  # a real invitation: its tenant's trail records the attempt
+            auditlog.note(tenant_id=parsed.tenant_id, target=("invitation", str(row.id)),
+                          diff={"email": row.email, "display_name": request.display_name})
         if row is None or row.token_hash != parsed.secret_hash or state_of(row, dt.datetime.now(dt.UTC)) != \
                 pb.INVITATION_STATE_PENDING:
             raise unusable
@@ -182,4 +185,5 @@ class InvitationApi(invitation_service_pb2_grpc.InvitationServiceServicer):
                 raise AlreadyExists("a user with this e-mail already exists in the tenant; log in instead",
                                     reason="USER_EMAIL_TAKEN") from None
             await session.refresh(user)
+            await auditlog.record(session, tenant_id=parsed.tenant_id, actor=("USER", str(user_id)))
             return pb.AcceptInvitationResponse(user=user_to_proto(user))

@@ -16,6 +16,7 @@ import grpc
 
 from sentinel.platform import calls, contracts
 from sentinel.platform.auth import TokenVerifier
+from sentinel.platform.service_identity import ServiceVerifier
 
 
 class Interceptor(Protocol):
@@ -118,8 +119,11 @@ class Chain(grpc.aio.ServerInterceptor):
         return handler  # client-streaming RPCs: none in the contracts
 
 
-def default_chain(service: str, verifier: TokenVerifier | None) -> Chain:
-    """The production order: metrics, logging, errors, authn, policy, idempotency."""
+def default_chain(service: str, verifier: TokenVerifier | None,
+                  service_verifier: ServiceVerifier | None = None) -> Chain:
+    """The production order: metrics, logging, errors, audit, authn, policy; then, around unary
+    handlers, the audit transaction and idempotency."""
+    from sentinel.platform.interceptors.audit import AuditInterceptor, AuditTransaction
     from sentinel.platform.interceptors.authn import AuthnInterceptor
     from sentinel.platform.interceptors.errors import ErrorsInterceptor
     from sentinel.platform.interceptors.idempotency import IdempotencyInterceptor
@@ -131,6 +135,7 @@ def default_chain(service: str, verifier: TokenVerifier | None) -> Chain:
         MetricsInterceptor(service),
         LoggingInterceptor(service),
         ErrorsInterceptor(service),
-        AuthnInterceptor(verifier),
+        AuditInterceptor(),
+        AuthnInterceptor(verifier, service_verifier),
         PolicyInterceptor(),
-    ], unary=[IdempotencyInterceptor()])
+    ], unary=[AuditTransaction(), IdempotencyInterceptor()])

@@ -18,11 +18,13 @@ from sentinel.platform import apikeys, revocation
 from sentinel.platform.auth import Principal, TokenVerifier, bearer_token
 from sentinel.platform.calls import Call
 from sentinel.platform.errors import Unauthenticated
+from sentinel.platform.service_identity import ServiceVerifier, is_service_token
 
 
 class AuthnInterceptor:
-    def __init__(self, verifier: TokenVerifier | None) -> None:
+    def __init__(self, verifier: TokenVerifier | None, service_verifier: ServiceVerifier | None = None) -> None:
         self.verifier = verifier
+        self.service_verifier = service_verifier
 
     async def _principal(self, token: str | None, api_key: str | None) -> Principal:
         if api_key is not None:
@@ -30,11 +32,17 @@ class AuthnInterceptor:
             ended = "this API key has been revoked"
         else:
             assert token is not None
+            if is_service_token(token):  # another Sentinel service (internal RPCs)
+                if self.service_verifier is None:
+                    raise Unauthenticated("this service accepts no service tokens", reason="TOKEN_INVALID")
+                return self.service_verifier.verify(token)
             if self.verifier is None:
                 raise Unauthenticated("token verification is not configured", reason="TOKEN_INVALID")
             principal = self.verifier.verify(token)
             ended = "this session has ended (logged out or revoked); log in again"
         if principal.session_id and revocation.revoked.is_revoked(principal.session_id):
+            if api_key is not None:
+                apikeys.refused(principal.tenant_id, principal.session_id, "API_KEY_REVOKED")
             raise Unauthenticated(ended, reason="API_KEY_REVOKED" if api_key else "SESSION_REVOKED")
         return principal
 

@@ -91,6 +91,7 @@ class IdempotencyInterceptor:
                     raise Aborted("this request_id was already used for a different request; "
                                   "use a new request_id", reason="IDEMPOTENCY_KEY_REUSED")
                 output = message_factory.GetMessageClass(call.rpc.method.output_type)
+                call.replayed = True  # nothing happened again: nothing new to audit
                 return output.FromString(found.response)
             response: Message = await proceed()
             record = insert(IdempotencyRecord).values(
