@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import text
 
-from sentinel.platform import db
+from sentinel.platform import auditlog, db
 from sentinel.platform.auth import PLATFORM_TENANT_ID
 
 _TENANTS = text("SELECT id FROM tenants ORDER BY id")
@@ -27,7 +27,9 @@ class RetentionReport:
     cut_through: dict[uuid.UUID, int] = field(default_factory=dict)
 
 
-async def apply(*, batch: int = 5000) -> RetentionReport:
+async def apply(*, batch: int = 5000, actor: str = "sentinel admin audit-retention") -> RetentionReport:
+    """Cut every tenant's chain; each batch records an ``audit.retention`` event in the tenant's
+    trail in the same transaction (what was cut, up to which checkpoint)."""
     report = RetentionReport()
     async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:
         tenants = list(await session.scalars(_TENANTS))
@@ -35,6 +37,10 @@ async def apply(*, batch: int = 5000) -> RetentionReport:
         while True:
             async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
                 row = (await session.execute(_CUT, {"batch": batch})).one()
+                if row.deleted:
+                    await auditlog.write(session, [auditlog.system_event(
+                        tenant_id, "audit.retention", actor=actor, target=("tenant", str(tenant_id)),
+                        diff={"cut_through_sequence": int(row.cut_through), "events_deleted": int(row.deleted)})])
             report.deleted += int(row.deleted)
             if row.deleted:
                 report.cut_through[tenant_id] = int(row.cut_through)

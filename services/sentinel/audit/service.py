@@ -16,14 +16,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from sqlalchemy import Select, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, func, select, text
 
 from sentinel.audit import checkpoints, store
 from sentinel.audit.convert import OUTCOME, checkpoint_proto, from_proto, to_proto
 from sentinel.audit.models import AuditEventRow
 from sentinel.audit.v1 import audit_pb2, audit_service_pb2, audit_service_pb2_grpc
 from sentinel.platform import db, revocation
+from sentinel.platform.auth import PLATFORM_TENANT_ID
 from sentinel.platform.calls import require_call
 from sentinel.platform.errors import FieldViolation, InvalidArgument, NotFound, Unauthenticated
 from sentinel.platform.ids import parse_uuid
@@ -118,14 +118,15 @@ class AuditApi(audit_service_pb2_grpc.AuditServiceServicer):
         by_tenant: dict[uuid.UUID, list[dict[str, Any]]] = {}
         for i, event in enumerate(request.events):
             by_tenant.setdefault(checked_tenant(event, i), []).append(from_proto(event))
+        async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:
+            known = set(await session.scalars(_TENANTS, {"ids": list(by_tenant)}))
+        if unknown := [t for t in by_tenant if t not in known]:
+            raise InvalidArgument(f"tenant {unknown[0]} does not exist",
+                                  [FieldViolation("events.tenant_id", "unknown tenant")])
         appended = 0
-        for tenant_id, events in by_tenant.items():
-            try:
-                async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
-                    appended += len(await store.append(session, tenant_id, events, skip_known=True))
-            except IntegrityError:
-                raise InvalidArgument(f"tenant {tenant_id} does not exist",
-                                      [FieldViolation("events.tenant_id", "unknown tenant")]) from None
+        for tenant_id, events in by_tenant.items():  # one transaction per tenant chain
+            async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
+                appended += len(await store.append(session, tenant_id, events, skip_known=True))
         return pb.AppendEventsResponse(appended=appended, duplicates=len(request.events) - appended)
 
     async def ListCheckpoints(self, request: pb.ListCheckpointsRequest,
@@ -219,6 +220,7 @@ def still_allowed(call: Any) -> None:
 
 
 MAX_APPEND = 5000
+_TENANTS = text("SELECT id FROM tenants WHERE id = ANY(:ids)")
 EXPORT_PAGE = 1000
 STREAM_BATCH = 500
 STREAM_POLL_SECONDS = 0.25

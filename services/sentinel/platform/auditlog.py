@@ -171,6 +171,20 @@ def build(call: Call, *, tenant_id: uuid.UUID, outcome: str = "SUCCESS", status_
     return event
 
 
+def system_event(tenant_id: uuid.UUID, action: str, *, actor: str, target: tuple[str, str] = ("", ""),
+                 diff: dict[str, Any] | None = None, outcome: str = "SUCCESS") -> audit_pb2.AuditEvent:
+    """An event of work no caller asked for (jobs, admin commands): the actor is the system part
+    that did it, e.g. ``sentinel admin audit-retention`` or a periodic job's name."""
+    event = audit_pb2.AuditEvent(
+        id=str(uuid7()), tenant_id=str(tenant_id), action=action,
+        actor=audit_pb2.Actor(type=audit_pb2.ACTOR_TYPE_SYSTEM, id=actor),
+        target=audit_pb2.Target(type=target[0], id=target[1]),
+        outcome=audit_pb2.Outcome.Value(f"OUTCOME_{outcome}"))
+    event.event_time.FromDatetime(dt.datetime.now(dt.UTC))
+    event.diff.update(redact(diff or {}))
+    return event
+
+
 def trace_id(metadata: dict[str, str]) -> str:
     """The W3C trace id of the call (``traceparent: 00-<trace id>-<span id>-<flags>``)."""
     parts = metadata.get("traceparent", "").split("-")

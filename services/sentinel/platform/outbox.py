@@ -1,7 +1,8 @@
 """The audit outbox drainer: sends recorded events to AuditService.AppendEvents in batches.
 
-Every service with a database runs one. It claims the oldest pending rows (``FOR UPDATE SKIP
-LOCKED``, so several drainers share the work without sending a row twice at once), sends them
+Every service with a database runs one. One at a time drains (a transaction-scoped advisory
+lock: the others stand by), so events reach each chain in the order they were recorded. It
+claims the oldest pending rows (``FOR UPDATE SKIP LOCKED`` as a second guard), sends them
 in one AppendEvents call, and deletes them in the same transaction once the audit service has
 answered. If the audit service is down the transaction rolls back and the rows wait; if it
 appended but the answer was lost, the rows are sent again and the audit service skips them by
@@ -34,6 +35,8 @@ from sentinel.platform.service_identity import ServiceTokens
 
 log = logging.getLogger("sentinel.outbox")
 
+#: One drainer at a time across all processes: events reach each chain in the order recorded.
+_TURN = text("SELECT pg_try_advisory_xact_lock(hashtext('sentinel.audit_outbox'))")
 _CLAIM = text("SELECT id, event FROM audit_outbox WHERE error IS NULL ORDER BY id LIMIT :limit "
               "FOR UPDATE SKIP LOCKED")
 _DELETE = text("DELETE FROM audit_outbox WHERE id = ANY(:ids)")
@@ -50,6 +53,7 @@ PENDING = Gauge("sentinel_audit_outbox_pending", "Audit events waiting in the ou
 
 Send = Callable[[Sequence[audit_pb2.AuditEvent]], Awaitable[None]]
 MAX_BACKOFF_SECONDS = 5.0
+BUSY_RETRIES, BUSY_RETRY_SECONDS = 20, 0.05
 
 
 def _event(raw: Any) -> audit_pb2.AuditEvent:
@@ -68,9 +72,12 @@ class Drainer:
     def wake(self) -> None:
         self._wake.set()
 
-    async def drain_once(self) -> int:
-        """Send one batch; the number of rows it settled (0: the outbox is empty)."""
+    async def drain_once(self) -> int | None:
+        """Send one batch: the number of rows it settled (0: the outbox is empty), None when
+        another process has the turn."""
         async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:
+            if not await session.scalar(_TURN):
+                return None
             rows = (await session.execute(_CLAIM, {"limit": self.batch})).all()
             if not rows:
                 PENDING.labels(self.service).set(0)
@@ -110,12 +117,23 @@ class Drainer:
         except Exception:  # the database is down too: the failure counter already tells
             log.debug("outbox not counted", exc_info=True)
 
+    async def _drain(self) -> None:
+        busy = 0
+        while True:
+            settled = await self.drain_once()
+            if settled is None:  # another drainer's turn: it may be finishing just before our rows
+                busy += 1
+                if busy > BUSY_RETRIES:
+                    return
+                await asyncio.sleep(BUSY_RETRY_SECONDS)
+            elif settled < self.batch:
+                return
+
     async def run(self) -> None:
         backoff = 0.0
         while True:
             try:
-                while await self.drain_once() >= self.batch:
-                    pass  # a full batch: there may be more
+                await self._drain()
                 backoff = 0.0
             except asyncio.CancelledError:
                 raise

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import text
 
-from sentinel.platform import db, revocation
+from sentinel.platform import auditlog, db, revocation
 from sentinel.platform.auth import PLATFORM_TENANT_ID
 from sentinel.platform.config import Settings
 
@@ -38,6 +38,9 @@ _BATCHES = tuple(
     for table in ("sessions", "api_keys", "service_accounts", "invitations", "users", "idempotency_keys")
 )
 _COMPLETE = text("UPDATE tenants SET purge_complete_time = now() WHERE id = :id AND state = 'deleted'")
+
+
+PURGE_ACTOR = "sentinel admin purge-tenants"
 
 
 @dataclass
@@ -68,8 +71,14 @@ async def _delete_rows(tenant_id: uuid.UUID, batch: int) -> int:
             deleted += count
             if count < batch:
                 break
+    purged = auditlog.system_event(tenant_id, "tenant.purge", actor=PURGE_ACTOR, target=("tenant", str(tenant_id)),
+                                   diff={"rows_deleted": deleted})
     async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
         await session.execute(_COMPLETE, {"id": tenant_id})
+        await auditlog.write(session, [purged])  # the tenant's trail outlives it
+    platform_copy = auditlog.system_event(PLATFORM_TENANT_ID, "tenant.purge", actor=PURGE_ACTOR,
+                                          target=("tenant", str(tenant_id)), diff={"rows_deleted": deleted})
+    await auditlog.write_now([platform_copy])
     return deleted
 
 

@@ -167,6 +167,7 @@ class AuthApi(user_service_pb2_grpc.AuthServiceServicer):
                 if presented == row.previous_refresh_token_hash and now - row.last_refresh_time <= grace:
                     # The same client refreshing twice at once (or retrying): one wins, the
                     # other is told to use the new token; the session lives on.
+                    auditlog.note(diff={"session_id": claims.session_id, "reason": "REFRESH_RACE"})
                     raise Unauthenticated("this refresh token was just used; use the one that came back",
                                           reason="REFRESH_RACE")
                 # A spent refresh token came back: someone holds a copy. End the whole session.
