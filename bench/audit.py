@@ -1,11 +1,22 @@
-"""Audit append throughput (not a test): sustained events/s with hash chaining, as the audit
-service stores them (tenant-bound transactions, per-tenant lock, batched INSERT).
+"""Audit figures (not a test).
+
+Append throughput: sustained events/s with hash chaining, as the audit service stores them
+(tenant-bound transactions, per-tenant lock, batched INSERT)::
 
     .venv/bin/python bench/audit.py [--seconds 10] [--batch 100] [--writers 4] [--tenants 1]
 
 Starts its own stack; writers append batches concurrently, spread over ``--tenants`` chains
 (one tenant: every writer queues on the same chain lock). Prints events/s and batch latency,
 then verifies every chain written.
+
+What recording costs CreateUser::
+
+    .venv/bin/python bench/audit.py --create-user [--calls 300] [--cheap-hashing]
+
+Starts two stacks at once, one recording (the default) and one with SENTINEL_AUDIT_RECORDING
+off, and alternates rounds of CreateUser calls between them, so both see the same machine
+load; prints p50/p90 of each and the ratio. ``--cheap-hashing`` uses the test suite's argon2
+parameters, so the database path, where the outbox write happens, dominates the latency.
 """
 
 from __future__ import annotations
@@ -82,15 +93,57 @@ async def measure(stack: Any, seconds: float, batch: int, writers: int, n_tenant
     await db.dispose()
 
 
+async def create_user_overhead(recording: Any, silent: Any, calls: int) -> None:
+    async def prepare(stack: Any) -> tuple[Any, Any, list[float]]:
+        ch = grpc.aio.insecure_channel(stack.service_target("user"))
+        tenant = (await tenants(stack, 1))[0]
+        login = await usg.AuthServiceStub(ch).Login(usp.LoginRequest(
+            tenant="platform", email=stack.admin_email, password=stack.admin_password))
+        md = (("authorization", f"Bearer {login.access_token}"),)
+        return ch, (usg.UserServiceStub(ch), str(tenant), md), []
+
+    on, off = await prepare(recording), await prepare(silent)
+    rounds, per_round = max(calls // 20, 1), 20
+    for r in range(rounds + 1):  # round 0 warms both up and is not counted
+        for _, (stub, tenant, md), samples in (on, off) if r % 2 else (off, on):
+            for _ in range(per_round):
+                start = time.perf_counter()
+                await stub.CreateUser(usp.CreateUserRequest(
+                    tenant_id=tenant, email=f"{uuid.uuid4().hex[:12]}@bench.example.com",
+                    password=secrets.token_urlsafe(16)), metadata=md)
+                if r:
+                    samples.append((time.perf_counter() - start) * 1000)
+    p50_on, p50_off = statistics.median(on[2]), statistics.median(off[2])
+    for name, samples in (("recording on ", on[2]), ("recording off", off[2])):
+        ms = sorted(samples)
+        print(f"CreateUser {name}: p50 {statistics.median(ms):.2f} ms, p90 {ms[int(len(ms) * 0.9)]:.2f} ms "
+              f"({len(ms)} calls)")
+    print(f"audit adds {(p50_on / p50_off - 1) * 100:+.1f}% to CreateUser p50 (target: at most +20%)")
+    for ch, _, _ in (on, off):
+        await ch.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--tenants", type=int, default=1)
+    parser.add_argument("--create-user", action="store_true", help="measure what recording adds to CreateUser")
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--cheap-hashing", action="store_true", help="argon2 t=1 m=1 MiB (the test suite's)")
     ns = parser.parse_args()
     env = {"SENTINEL_BOOTSTRAP_ADMIN_EMAIL": "bench@platform.example.com",
            "SENTINEL_BOOTSTRAP_ADMIN_PASSWORD": secrets.token_urlsafe(18)}
+    if ns.create_user:
+        if ns.cheap_hashing:
+            env |= {"SENTINEL_ARGON2_TIME_COST": "1", "SENTINEL_ARGON2_MEMORY_COST_KIB": "1024",
+                    "SENTINEL_ARGON2_PARALLELISM": "1"}
+        env |= {"SENTINEL_PLAN_MAX_USERS": '{"free": 1000000}'}
+        with temporary_stack(env=env) as recording, \
+                temporary_stack(env={**env, "SENTINEL_AUDIT_RECORDING": "false"}) as silent:
+            asyncio.run(create_user_overhead(recording, silent, ns.calls))
+        return
     with temporary_stack(env=env) as stack:
         asyncio.run(measure(stack, ns.seconds, ns.batch, ns.writers, ns.tenants))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,16 @@ pytestmark = pytest.mark.integration
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def api_examples() -> str:
+def examples(heading: str, at_least: int) -> str:
     text = README.read_text()
-    section = text.split("## Using the API", 1)[1].split("\n## ", 1)[0]
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
-    assert len(blocks) >= 5, "the README's API section lost its examples"
+    assert len(blocks) >= at_least, f"the README's {heading} section lost its examples"
     return "\n".join(blocks)
+
+
+def api_examples() -> str:
+    return examples("Using the API", 5)
 
 
 def outputs_of(text: str, chunks: list[str], needle: str) -> str:
@@ -35,19 +40,22 @@ def outputs_of(text: str, chunks: list[str], needle: str) -> str:
     return outputs[str(next(i for i, c in enumerate(chunks) if needle in c))]
 
 
-def test_readme_api_examples_work_as_written(stack: Any) -> None:
+def test_readme_api_examples_work_as_written(stack: Any, tmp_path: Path) -> None:
     if shutil.which("curl") is None:
         missing_tool("curl is needed to run the README examples")
-    script = api_examples()
+    # The API walk, then the audit trail walk through what it left in acme's trail.
+    script = api_examples() + "\n" + examples("Audit trail", 1)
     assert "export ADMIN_EMAIL=" in script
     script = re.sub(r"^export ADMIN_EMAIL=.*$", "", script, flags=re.M)
     script = script.replace("localhost:8000", stack.rest_url.removeprefix("http://"))
+    script = script.replace(".venv/bin/sentinel", f"{sys.executable} -m sentinel")
     # Tag every command's output so the assertions below can find it.
     chunks = re.split(r"\n(?=\S)", script)
     lines = [f"echo '=== {i}'\n{chunk}\necho" for i, chunk in enumerate(chunks)]
     out = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "ADMIN_EMAIL": stack.admin_email,
-                              "ADMIN_PASSWORD": stack.admin_password}, timeout=60, check=False)
+                              "ADMIN_PASSWORD": stack.admin_password}, timeout=120, check=False,
+                         cwd=tmp_path)
     assert out.returncode == 0, f"README examples failed:\n{out.stdout}\n{out.stderr}"
     text = out.stdout
     assert '"slug":"acme"' in text and '"display_name":"Acme Corporation"' in text
@@ -73,3 +81,10 @@ def test_readme_api_examples_work_as_written(stack: Any) -> None:
     # The owner's tenant list holds acme only.
     owner_list = outputs_of(text, chunks, "# only acme")
     assert '"slug":"acme"' in owner_list and '"slug":"platform"' not in owner_list
+    # The audit walk: the suspension is in acme's trail with its reason; the chain verifies in
+    # the service and offline; one edited byte of the export breaks it at the first event.
+    assert "invoice 2026-117 overdue" in outputs_of(text, chunks, "filter.action=tenant.suspend")
+    assert '"valid":true' in outputs_of(text, chunks, "audit:verify")
+    verified = outputs_of(text, chunks, "sentinel audit verify acme-audit.ndjson        #")
+    assert verified.startswith("OK: ") and "chain head" in verified
+    assert "BROKEN at sequence 1" in outputs_of(text, chunks, "|| true")

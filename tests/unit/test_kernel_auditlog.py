@@ -141,6 +141,7 @@ def test_failed_calls_are_recorded_in_the_tenant_they_were_for() -> None:
 
 def test_internal_rpcs_are_not_audited(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(auditlog.db, "initialised", lambda: True)
+    monkeypatch.setattr(auditlog, "enabled", True)
     append = _call("/sentinel.audit.v1.AuditService/AppendEvents", None,
                    Principal("service:user", PLATFORM_TENANT_ID, "service", kind="service"))
     assert not auditlog.audited(append)  # recording the recording would never end

@@ -54,8 +54,9 @@ MAX_TEXT = 500
 _INSERT = text("INSERT INTO audit_outbox (id, tenant_id, event) VALUES (:id, :tenant_id, CAST(:event AS jsonb))")
 _DENIED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
-#: Switched off only by ``SENTINEL_AUDIT_RECORDING=false`` (benchmarks), set at start-up.
-enabled = True
+#: Switched on by the server bootstrap for services with a database (off only with
+#: ``SENTINEL_AUDIT_RECORDING=false``, for benchmarks). Off in library use (tools, unit tests).
+enabled = False
 #: Called after events are committed, so the drainer sends them at once (set by the outbox).
 on_recorded: list[Any] = []
 
