@@ -3,11 +3,12 @@
 Append throughput: sustained events/s with hash chaining, as the audit service stores them
 (tenant-bound transactions, per-tenant lock, batched INSERT)::
 
-    .venv/bin/python bench/audit.py [--seconds 10] [--batch 100] [--writers 4] [--tenants 1]
+    .venv/bin/python bench/audit.py [--seconds 10] [--batch 100] [--writers 4] [--tenants 1] [--via-grpc]
 
 Starts its own stack; writers append batches concurrently, spread over ``--tenants`` chains
 (one tenant: every writer queues on the same chain lock). Prints events/s and batch latency,
-then verifies every chain written.
+then verifies every chain written. ``--via-grpc`` appends through AuditService.AppendEvents
+as the outbox drainers do (service token, protobuf, the duplicate check by event id).
 
 What recording costs CreateUser::
 
@@ -32,9 +33,12 @@ from typing import Any
 import grpc
 from pydantic import SecretStr
 from sentinel.audit import store
+from sentinel.audit.v1 import audit_pb2, audit_service_pb2, audit_service_pb2_grpc
 from sentinel.devstack.stack import temporary_stack
 from sentinel.platform import db
 from sentinel.platform.config import Settings
+from sentinel.platform.ids import uuid7
+from sentinel.platform.service_identity import ServiceTokens
 from sentinel.tenant.v1 import tenant_service_pb2 as tsp
 from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
 from sentinel.user.v1 import user_service_pb2 as usp
@@ -62,20 +66,39 @@ async def tenants(stack: Any, n: int) -> list[uuid.UUID]:
         return out
 
 
-async def measure(stack: Any, seconds: float, batch: int, writers: int, n_tenants: int) -> None:
+def proto_event(tenant: uuid.UUID, i: int) -> audit_pb2.AuditEvent:
+    e = event(i)
+    out = audit_pb2.AuditEvent(
+        id=str(uuid7()), tenant_id=str(tenant), action=e["action"], outcome=audit_pb2.OUTCOME_SUCCESS,
+        actor=audit_pb2.Actor(type=audit_pb2.ACTOR_TYPE_USER, id=e["actor_id"]),
+        target=audit_pb2.Target(type="user", id=e["target_id"]), request_id=e["request_id"],
+        source_ip=e["source_ip"], user_agent=e["user_agent"])
+    out.event_time.GetCurrentTime()
+    out.diff.update(e["diff"])
+    return out
+
+
+async def measure(stack: Any, seconds: float, batch: int, writers: int, n_tenants: int, via_grpc: bool) -> None:
     chains = await tenants(stack, n_tenants)
     db.init(Settings(database_url=SecretStr(stack.app_url), database_pool_size=writers + 2))
     latencies: list[float] = []
     appended = 0
     deadline = time.perf_counter() + seconds
+    channel = grpc.aio.insecure_channel(stack.service_target("audit"))
+    stub = audit_service_pb2_grpc.AuditServiceStub(channel)
+    tokens = ServiceTokens.from_file(stack.service_keys_dir / "user.key.pem", issuer="sentinel")
 
     async def writer(k: int) -> None:
         nonlocal appended
         tenant = chains[k % len(chains)]
         while time.perf_counter() < deadline:
             start = time.perf_counter()
-            async with db.unit_of_work(tenant_id=tenant, platform=False) as session:
-                await store.append(session, tenant, [event(i) for i in range(batch)])
+            if via_grpc:  # what the services' outbox drainers do: AppendEvents, deduplicated by id
+                await stub.AppendEvents(audit_service_pb2.AppendEventsRequest(
+                    events=[proto_event(tenant, i) for i in range(batch)]), metadata=tokens.metadata())
+            else:
+                async with db.unit_of_work(tenant_id=tenant, platform=False) as session:
+                    await store.append(session, tenant, [event(i) for i in range(batch)])
             latencies.append(time.perf_counter() - start)
             appended += batch
 
@@ -83,7 +106,9 @@ async def measure(stack: Any, seconds: float, batch: int, writers: int, n_tenant
     await asyncio.gather(*(writer(k) for k in range(writers)))
     elapsed = time.perf_counter() - start
     ms = sorted(x * 1000 for x in latencies)
-    print(f"tenants={n_tenants} writers={writers} batch={batch}: {appended / elapsed:,.0f} events/s "
+    await channel.close()
+    path = "AppendEvents over gRPC" if via_grpc else "store.append in process"
+    print(f"{path}, tenants={n_tenants} writers={writers} batch={batch}: {appended / elapsed:,.0f} events/s "
           f"({appended} in {elapsed:.1f} s); batch p50 {statistics.median(ms):.1f} ms, "
           f"p99 {ms[int(len(ms) * 0.99)]:.1f} ms")
     for tenant in chains:
@@ -129,6 +154,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--tenants", type=int, default=1)
+    parser.add_argument("--via-grpc", action="store_true", help="append through AuditService.AppendEvents")
     parser.add_argument("--create-user", action="store_true", help="measure what recording adds to CreateUser")
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--cheap-hashing", action="store_true", help="argon2 t=1 m=1 MiB (the test suite's)")
@@ -145,7 +171,7 @@ def main() -> None:
             asyncio.run(create_user_overhead(recording, silent, ns.calls))
         return
     with temporary_stack(env=env) as stack:
-        asyncio.run(measure(stack, ns.seconds, ns.batch, ns.writers, ns.tenants))
+        asyncio.run(measure(stack, ns.seconds, ns.batch, ns.writers, ns.tenants, ns.via_grpc))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ PENDING = Gauge("sentinel_audit_outbox_pending", "Audit events waiting in the ou
 Send = Callable[[Sequence[audit_pb2.AuditEvent]], Awaitable[None]]
 MAX_BACKOFF_SECONDS = 5.0
 BUSY_RETRIES, BUSY_RETRY_SECONDS = 20, 0.05
+LINGER_SECONDS = 0.1
 
 
 def _event(raw: Any) -> audit_pb2.AuditEvent:
@@ -148,6 +149,9 @@ class Drainer:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+                # Woken by a commit: linger a moment so the events of the calls right behind it go
+                # in the same batch (fewer round trips, less work beside the calls being served).
+                await asyncio.sleep(LINGER_SECONDS)
 
 
 def grpc_sender(target: str, tokens: ServiceTokens, *, timeout: float = 10.0) -> Send:
