@@ -129,14 +129,17 @@ async def test_an_export_verifies_offline_and_an_edited_one_does_not(world: Worl
     export = tmp_path / "audit.ndjson"
     code, out = await sentinel_cli(stack, "audit", "export", "--tenant", slug, "-o", str(export))
     assert code == 0, out
-    assert len(export.read_text().splitlines()) == 25
+    lines = export.read_text().splitlines()
+    checkpoint_lines = [n for n, line in enumerate(lines) if line.startswith('{"checkpoint"')]
+    assert checkpoint_lines == list(range(len(checkpoint_lines)))  # the signed heads come first
+    assert len(lines) - len(checkpoint_lines) == 25
     env_free = {"PATH": "/usr/bin:/bin"}  # offline: no database settings at all
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "sentinel", "audit", "verify", str(export),
                                                 env=env_free, stdout=asyncio.subprocess.PIPE)
     out_b, _ = await proc.communicate()
     assert proc.returncode == 0 and "OK: 25 event(s)" in out_b.decode(), out_b
-    lines = export.read_text().splitlines()
-    lines[9] = lines[9].replace('"outcome":"success"', '"outcome":"failure"')
+    tenth = len(checkpoint_lines) + 9
+    lines[tenth] = lines[tenth].replace('"outcome":"success"', '"outcome":"failure"')
     export.write_text("\n".join(lines) + "\n")
     code, out = await sentinel_cli(stack, "audit", "verify", str(export))
     assert code == 1 and "BROKEN at sequence 10" in out, out
