@@ -27,9 +27,11 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from sentinel.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
 from sentinel.gateway import envoy as gw
 from sentinel.platform import contracts
 from sentinel.platform.auth import public_jwk
+from sentinel.policy.v1 import policy_pb2
 from sentinel.tenant.v1 import tenant_pb2, tenant_service_pb2, tenant_service_pb2_grpc
 from sentinel.user.v1 import user_service_pb2, user_service_pb2_grpc
 
@@ -112,6 +114,11 @@ def test_every_rpc_is_transcoded_routed_and_guarded() -> None:
         if rpc.http:
             assert rpc.service.full_name in transcoder["services"], rpc.full_method
         route = _route_for(cfg, rpc.full_method)
+        if rpc.policy.tenant_scope == policy_pb2.TENANT_SCOPE_INTERNAL:
+            # Service-to-service methods do not exist at the edge, whatever token is sent.
+            assert route["direct_response"]["status"] == 404 and "route" not in route, rpc.full_method
+            assert not rpc.http
+            continue
         assert route["route"]["cluster"] == gw.backend_for(rpc.service.full_name), rpc.full_method
         # Only reads are retried.
         assert ("retry_policy" in route["route"]) == (not rpc.mutating and not rpc.streaming), rpc.full_method
@@ -445,6 +452,12 @@ async def test_native_grpc_through_the_edge(gateway: Gateway) -> None:
         unknown: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/sentinel.nope.v1.Nope/Nope")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await unknown(b"", metadata=token)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+        # Internal methods are not reachable from outside, even with a token that would pass.
+        append = audit_service_pb2_grpc.AuditServiceStub(channel).AppendEvents
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await append(audit_service_pb2.AppendEventsRequest(), metadata=token)
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
         # Health needs no token.

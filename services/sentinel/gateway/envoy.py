@@ -25,6 +25,7 @@ import yaml
 from sentinel.gateway import strict_json
 from sentinel.platform import contracts
 from sentinel.platform.apikeys import PREFIX as API_KEY_PREFIX
+from sentinel.policy.v1 import policy_pb2
 
 #: Backends, in a stable order (cluster order in the rendered file).
 BACKENDS: tuple[str, ...] = ("tenant", "user", "audit", "scheduler")
@@ -295,7 +296,13 @@ def _route_action(cluster: str, *, streaming: bool = False, retry: bool = False)
 def _routes() -> list[dict[str, Any]]:
     rpcs = contracts.rpcs()
     routes: list[dict[str, Any]] = []
-    # Per-method routes first (exact paths): reads get retries, streams lose the total timeout.
+    # Internal RPCs (service to service, e.g. AppendEvents) do not exist at the edge.
+    for rpc in rpcs:
+        if rpc.policy.tenant_scope == policy_pb2.TENANT_SCOPE_INTERNAL:
+            routes.append({"name": rpc.full_method.strip("/").replace("/", ".") + ".internal",
+                           "match": {"path": rpc.full_method},
+                           "direct_response": {"status": 404, "body": {"inline_string": "no such method"}}})
+    # Per-method routes (exact paths): reads get retries, streams lose the total timeout.
     for rpc in rpcs:
         if not (rpc.streaming or _retryable(rpc)):
             continue
