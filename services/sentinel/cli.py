@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 from pathlib import Path
@@ -17,6 +16,117 @@ def _serve(ns: argparse.Namespace) -> int:
     from sentinel.platform.server import run_service
 
     return run_service(ns.service)
+
+
+def _worker(ns: argparse.Namespace) -> int:
+    from sentinel.platform import logging as json_logging
+    from sentinel.platform import metrics
+    from sentinel.platform.config import get_settings
+    from sentinel.scheduler import periodic, queue
+
+    settings = get_settings()
+    json_logging.configure("worker", settings.log_level)
+    periodic.validate_schedules(settings)
+    if settings.worker_metrics_port:
+        metrics.serve_metrics(settings.metrics_host, settings.worker_metrics_port)
+    queue.run_consumer(settings)
+    return 0
+
+
+def _jobs_list(ns: argparse.Namespace) -> int:
+    from sqlalchemy import select, text
+
+    from sentinel.platform import db
+    from sentinel.platform.auth import PLATFORM_TENANT_ID
+    from sentinel.platform.config import get_settings
+    from sentinel.scheduler import periodic
+    from sentinel.scheduler.models import JobRow
+
+    async def run() -> int:
+        settings = get_settings()
+        db.init(settings)
+        try:
+            if ns.periodic:
+                last = await periodic.last_runs()
+                for job in periodic.JOBS_BY_NAME.values():
+                    run_row = last.get(job.name)
+                    seen = f"{run_row.state} at {run_row.start_time:%Y-%m-%d %H:%M}" if run_row else "never run"
+                    print(f"{job.name:<16} {periodic.schedule_of(settings, job) or 'off':<14} {seen:<34} "
+                          f"{job.description}")
+                return 0
+            async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:
+                tenant = None
+                if ns.tenant:
+                    tenant = (await session.execute(text("SELECT id FROM tenants WHERE slug = :s"),
+                                                    {"s": ns.tenant})).scalar()
+                    if tenant is None:
+                        print(f"sentinel jobs list: no tenant with slug '{ns.tenant}'", file=sys.stderr)
+                        return 2
+                query = select(JobRow).order_by(JobRow.create_time.desc()).limit(ns.limit)
+                if tenant is not None:
+                    query = query.where(JobRow.tenant_id == tenant)
+                if ns.state:
+                    query = query.where(JobRow.state == ns.state)
+                rows = list(await session.scalars(query))
+            for r in rows:
+                print(f"{r.id}  {r.tenant_id}  {r.kind:<14} {r.state:<12} attempts {r.attempts}/{r.max_attempts}  "
+                      f"{r.create_time:%Y-%m-%d %H:%M:%S}  {r.error[:80]}")
+            return 0
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
+def _jobs_run_now(ns: argparse.Namespace) -> int:
+    from sentinel.platform import db
+    from sentinel.platform.config import get_settings
+    from sentinel.scheduler import periodic
+
+    async def run() -> int:
+        settings = get_settings()
+        if ns.name not in periodic.JOBS_BY_NAME:
+            print(f"sentinel jobs run-now: no periodic job '{ns.name}' (known: {', '.join(periodic.JOBS_BY_NAME)})",
+                  file=sys.stderr)
+            return 2
+        db.init(settings)
+        try:
+            run_id = await periodic.start_manual(ns.name)
+            state = await periodic.run_manual(settings, ns.name, run_id)
+        finally:
+            await db.dispose()
+        print(f"{ns.name}: {state} (run {run_id})")
+        return 0 if state == "succeeded" else 1
+
+    return asyncio.run(run())
+
+
+def _jobs_cancel(ns: argparse.Namespace) -> int:
+    import uuid
+
+    from sqlalchemy import text
+
+    from sentinel.platform import db
+    from sentinel.platform.auth import PLATFORM_TENANT_ID
+    from sentinel.platform.config import get_settings
+
+    async def run() -> int:
+        db.init(get_settings())
+        try:
+            async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:
+                row = (await session.execute(text(
+                    "UPDATE jobs SET state = 'cancelled', end_time = now(), lease_until = NULL, update_time = now(), "
+                    "version = version + 1 WHERE id = :id AND state IN ('pending', 'running') RETURNING tenant_id"),
+                    {"id": uuid.UUID(ns.id)})).first()
+        finally:
+            await db.dispose()
+        if row is None:
+            print(f"sentinel jobs cancel: no pending or running job {ns.id}", file=sys.stderr)
+            return 1
+        print(f"job {ns.id} cancelled")
+        return 0
+
+    return asyncio.run(run())
 
 
 def _migrate(ns: argparse.Namespace) -> int:
@@ -142,11 +252,9 @@ def _audit_verify(ns: argparse.Namespace) -> int:
 
 
 def _audit_export(ns: argparse.Namespace) -> int:
-    from google.protobuf import json_format
     from sqlalchemy import text
 
-    from sentinel.audit import checkpoints, ndjson, store
-    from sentinel.audit.convert import checkpoint_proto
+    from sentinel.audit import ndjson
     from sentinel.platform import db
     from sentinel.platform.config import get_settings
 
@@ -162,10 +270,8 @@ def _audit_export(ns: argparse.Namespace) -> int:
             with ns.output.open("w", encoding="utf-8") as out:
                 # Signed checkpoints first, as in the API's export: after a retention cut the
                 # chain verifies from the one at the cut.
-                for cp in await checkpoints.list_for(tenant.id):
-                    out.write(json.dumps({"checkpoint": json_format.MessageToDict(checkpoint_proto(cp))}) + "\n")
-                async for page in store.events(tenant.id):
-                    out.writelines(ndjson.line(event) + "\n" for event in page)
+                async for text_line in ndjson.export_lines(tenant.id):
+                    out.write(text_line)
         finally:
             await db.dispose()
         return 0
@@ -196,6 +302,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run one gRPC service in the foreground")
     p.add_argument("service", choices=SERVICES)
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("worker", help="run the job consumer (huey on Redis) with the periodic scheduler")
+    p.set_defaults(func=_worker)
+
+    jobs = sub.add_parser("jobs", help="background jobs (operators; database access)").add_subparsers(
+        dest="jobs", required=True)
+    p = jobs.add_parser("list", help="recent jobs of every tenant (or one), or the periodic jobs")
+    p.add_argument("--tenant", default="", help="tenant slug")
+    p.add_argument("--state", default="", choices=["", "pending", "running", "succeeded", "failed", "cancelled",
+                                                   "dead_letter"])
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--periodic", action="store_true", help="list the periodic jobs, their schedule and last run")
+    p.set_defaults(func=_jobs_list)
+    p = jobs.add_parser("run-now", help="run a periodic job now, in this process")
+    p.add_argument("name", help="e.g. health_check, slo_report, audit_retention, tenant_purge, cleanup")
+    p.set_defaults(func=_jobs_run_now)
+    p = jobs.add_parser("cancel", help="cancel a pending or running job of any tenant")
+    p.add_argument("id", help="job id")
+    p.set_defaults(func=_jobs_cancel)
 
     p = sub.add_parser("migrate", help="apply database migrations (as the owner role)")
     p.add_argument("--database-url", default="", help="owner URL; default SENTINEL_DATABASE_OWNER_URL")

@@ -7,6 +7,7 @@ parameters come from configuration, so the code path is the production one.
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 import uuid
@@ -31,6 +32,7 @@ from sentinel.user.v1 import user_service_pb2_grpc as usg
 from tests.integration.clients import Principal
 
 PASSWORD = "correct horse battery staple"
+PERIODIC_JOBS = ("health_check", "slo_report", "burn_rate_watch", "audit_retention", "tenant_purge", "cleanup")
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +52,10 @@ def stack() -> Iterator[Stack]:
         "SENTINEL_REFRESH_REUSE_GRACE_SECONDS": "1",
         # Audit checkpoints every second, so tests see them without waiting minutes.
         "SENTINEL_AUDIT_CHECKPOINT_SECONDS": "1",
+        # Jobs: quick retries. The worker's own clock runs no periodic job: the tests drive
+        # periodic.run_due with the times they choose.
+        "SENTINEL_JOB_RETRY_BASE_SECONDS": "0.2",
+        "SENTINEL_PERIODIC_SCHEDULES": json.dumps(dict.fromkeys(PERIODIC_JOBS, "off")),
     }
     with temporary_stack(env=env, echo=sys.stderr) as s:
         yield s
@@ -76,6 +82,8 @@ class Tenant:
     invitation_id: str = ""
     #: An event of the tenant's audit chain.
     audit_event_id: str = ""
+    #: A job of the tenant (a tenant export).
+    job_id: str = ""
     #: The chain head once the set-up's own events (tenant, users, logins, key...) were recorded.
     audit_base: int = 0
 
@@ -212,8 +220,15 @@ async def world(stack: Any, kernel_db: None) -> AsyncIterator[World]:
     admin = Principal("platform-admin", str(PLATFORM_TENANT_ID), user_id, token)
     a = await make_tenant(channels, admin, "alpha")
     b = await make_tenant(channels, admin, "bravo")
+    from sentinel.scheduler.v1 import job_pb2
+    from sentinel.scheduler.v1 import scheduler_service_pb2 as ssp
+    from sentinel.scheduler.v1 import scheduler_service_pb2_grpc as ssg
+
     for t in (a, b):
         t.audit_event_id = await append_audit_event(t.id, target_type="tenant", target_id=t.id)
+        t.job_id = (await ssg.SchedulerServiceStub(channels["scheduler"]).CreateJob(
+            ssp.CreateJobRequest(kind=job_pb2.JOB_KIND_TENANT_EXPORT), metadata=t.owner.metadata)).job.id
+    await audit_settled()
     yield World(admin, a, b, channels)
     for ch in channels.values():
         await ch.close()

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.integration
 #: Services whose API is not implemented yet answer UNIMPLEMENTED; nothing to prove there.
 IMPLEMENTED = {"sentinel.tenant.v1.TenantService", "sentinel.user.v1.UserService",
                "sentinel.user.v1.AuthService", "sentinel.user.v1.ServiceAccountService",
-               "sentinel.user.v1.InvitationService", "sentinel.audit.v1.AuditService"}
+               "sentinel.user.v1.InvitationService", "sentinel.audit.v1.AuditService",
+               "sentinel.scheduler.v1.SchedulerService"}
 #: RPCs of implemented services that still answer UNIMPLEMENTED (the rest of their issue).
 PENDING: set[str] = set()
 PROCESS = {"tenant": "tenant", "user": "user", "audit": "audit", "scheduler": "scheduler", "common": "tenant"}
@@ -54,6 +55,8 @@ def resource_id(world: World, rpc: contracts.Rpc) -> str:
         return world.a.invitation_id
     if rpc.service.name == "ServiceAccountService":
         return world.a.api_key_id if "ApiKey" in rpc.method.name else world.a.service_account_id
+    if rpc.service.name == "SchedulerService":
+        return world.a.job_id
     return str(uuid.uuid4())
 
 
@@ -71,6 +74,10 @@ def fill(message: Message, world: World, rpc: contracts.Rpc, page_token: str) ->
             continue
         if field.type == FieldDescriptor.TYPE_ENUM and name == "role":
             setattr(message, name, field.enum_type.values_by_name["ROLE_VIEWER"].number)  # the humblest
+            continue
+        if field.type == FieldDescriptor.TYPE_ENUM and name == "kind" and "JOB_KIND_TENANT_EXPORT" in \
+                field.enum_type.values_by_name:  # a job that would carry A's data out, if it could
+            setattr(message, name, field.enum_type.values_by_name["JOB_KIND_TENANT_EXPORT"].number)
             continue
         if field.type != FieldDescriptor.TYPE_STRING:
             continue
@@ -91,7 +98,7 @@ def fill(message: Message, world: World, rpc: contracts.Rpc, page_token: str) ->
 
 def a_markers(world: World) -> list[str]:
     return [world.a.id, world.a.slug, *world.a.user_ids, world.a.service_account_id, world.a.api_key_id,
-            world.a.invitation_id, world.a.audit_event_id]
+            world.a.invitation_id, world.a.audit_event_id, world.a.job_id]
 
 
 def aims_at_a(world: World, request: Message) -> bool:
@@ -107,7 +114,7 @@ async def a_snapshot(world: World) -> str:
     parts = []
     for rpc in contracts.rpcs():
         if rpc.method.name in {"GetTenant", "ListUsers", "ListTenants", "ListServiceAccounts", "ListApiKeys",
-                               "ListInvitations", "ListAuditEvents"}:
+                               "ListInvitations", "ListAuditEvents", "ListJobs"}:
             req = new_request(rpc)
             if "id" in req.DESCRIPTOR.fields_by_name:
                 req.id = world.a.id  # type: ignore[attr-defined]

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,20 @@ from sentinel.audit import chain
 from sentinel.audit.checkpoints import trusted_heads
 from sentinel.audit.convert import from_proto
 from sentinel.audit.v1 import audit_pb2
+
+
+async def export_lines(tenant_id: uuid.UUID) -> AsyncIterator[str]:
+    """A tenant's full export in the operator's format: its signed checkpoints, then every event
+    in sequence order (page by page: constant memory). What ``sentinel audit export`` writes."""
+    from sentinel.audit import checkpoints as stored_checkpoints
+    from sentinel.audit import store
+    from sentinel.audit.convert import checkpoint_proto
+
+    for cp in await stored_checkpoints.list_for(tenant_id):
+        yield json.dumps({"checkpoint": json_format.MessageToDict(checkpoint_proto(cp))}) + "\n"
+    async for page in store.events(tenant_id):
+        for event in page:
+            yield line(event) + "\n"
 
 
 def line(event: Mapping[str, Any]) -> str:

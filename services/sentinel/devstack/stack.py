@@ -70,11 +70,12 @@ class Ports:
     envoy_admin: int = 9901
     grpc: Mapping[str, int] = field(default_factory=lambda: {n: p[0] for n, p in DEFAULT_PORTS.items()})
     metrics: Mapping[str, int] = field(default_factory=lambda: {n: p[1] for n, p in DEFAULT_PORTS.items()})
+    worker_metrics: int = 9105
 
     @classmethod
     def free(cls) -> Ports:
         return cls(free_port(), free_port(), free_port(), free_port(),
-                   {n: free_port() for n in SERVICES}, {n: free_port() for n in SERVICES})
+                   {n: free_port() for n in SERVICES}, {n: free_port() for n in SERVICES}, free_port())
 
 
 @dataclass
@@ -415,6 +416,17 @@ class Stack:
         procs = {n: self._spawn_service(n) for n in SERVICES}
         for n, proc in procs.items():
             self._wait(functools.partial(self._grpc_serving, self.service_target(n)), proc, timeout, f"{n} service")
+        self.start_worker(timeout)
+
+    def start_worker(self, timeout: float = 60.0) -> None:
+        """The job consumer (huey): ready once its metrics endpoint answers."""
+        env = {**self.service_env(), "SENTINEL_WORKER_METRICS_PORT": str(self.ports.worker_metrics)}
+        proc = self._spawn("worker", [sys.executable, "-m", "sentinel", "worker"], env=env)
+        self._wait(lambda: self._http_ok(self.worker_metrics_url), proc, timeout, "job worker")
+
+    @property
+    def worker_metrics_url(self) -> str:
+        return f"http://{self.host}:{self.ports.worker_metrics}/metrics"
 
     def _spawn_service(self, name: str) -> Proc:
         return self._spawn(name, [sys.executable, "-m", "sentinel", "serve", name], env=self.service_env(name))

@@ -31,6 +31,7 @@ def endpoints(stack: Stack) -> str:
         f"  Envoy admin          http://{stack.host}:{stack.ports.envoy_admin}/",
     ]
     lines += [f"  {n + ' service':<20} {stack.service_target(n)}   metrics {stack.metrics_url(n)}" for n in SERVICES]
+    lines += [f"  {'job worker':<20} huey on Redis          metrics {stack.worker_metrics_url}"]
     lines += [
         f"  PostgreSQL           {stack.host}:{stack.ports.postgres} (database sentinel; "
         f"passwords in {stack.secrets_dir})",

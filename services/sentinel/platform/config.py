@@ -119,6 +119,35 @@ class Settings(BaseSettings):
     service_key_file: Path | None = None
     service_public_keys_dir: Path | None = None
 
+    # --- notifications (scheduler): a Slack incoming webhook and/or SMTP. Secrets by *_FILE; never logged.
+    notify_slack_webhook_url: SecretStr = SecretStr("")
+    notify_smtp_host: str = ""
+    notify_smtp_port: int = Field(default=587, ge=1, le=65535)
+    notify_smtp_username: str = ""
+    notify_smtp_password: SecretStr = SecretStr("")
+    notify_smtp_from: str = ""
+    # Recipients as a JSON list, e.g. ["oncall@example.com"].
+    notify_smtp_to: list[str] = Field(default_factory=list)
+    # "starttls" (port 587), "tls" (implicit TLS, port 465) or "none" (local relays and tests only).
+    notify_smtp_security: str = "starttls"
+    notify_retries: int = Field(default=3, ge=0, le=10)
+    # Record messages (and log that they would be sent) instead of sending them.
+    notify_test_mode: bool = False
+
+    # --- background jobs (huey on Redis): worker threads per consumer, each job's time limit (a job
+    # over it is retried), retry backoff base (doubling per attempt), the largest result stored
+    job_worker_threads: int = Field(default=2, ge=1, le=64)
+    job_timeout_seconds: int = Field(default=600, ge=1, le=86400)
+    job_retry_base_seconds: float = Field(default=2.0, gt=0)
+    job_max_result_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # Periodic jobs' schedules, overriding the defaults by name (JSON, cron strings or "off"),
+    # e.g. {"slo_report": "0 8 * * *", "health_check": "off"}.
+    periodic_schedules: dict[str, str] = Field(default_factory=dict)
+    worker_metrics_port: int = 9105
+
+    # --- Prometheus HTTP API the SLO report and burn-rate watch query
+    prometheus_url: str = "http://127.0.0.1:9090"
+
     # --- tenant lifecycle: days between DeleteTenant and the purge (RestoreTenant undoes it until then)
     tenant_deletion_grace_days: float = Field(default=30.0, ge=0)
     # Every service re-reads the non-active tenants from Postgres this often, in case a state

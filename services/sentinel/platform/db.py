@@ -3,14 +3,21 @@
 Every transaction starts with a single statement that binds it to a tenant
 (``set_config(..., true)``: transaction-local, so pooled connections never carry a tenant
 into the next checkout). RLS policies read that setting and fail closed when it is unset.
+
+The engine belongs to the thread that initialised it: a service is one asyncio thread, and
+each worker thread of the job consumer runs its own event loop with its own pool (asyncpg
+connections cannot cross event loops).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -24,9 +31,14 @@ _BIND = text(
 
 _TENANT_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(CAST(:name AS text) || sentinel_tenant_id()::text))")
 
-_engine: AsyncEngine | None = None
-_sessions: async_sessionmaker[AsyncSession] | None = None
+class _ThreadState(threading.local):
+    engine: AsyncEngine | None = None
+    sessions: async_sessionmaker[AsyncSession] | None = None
+
+
+_state = _ThreadState()
 _active: ContextVar[AsyncSession | None] = ContextVar("sentinel_session", default=None)
+_after: ContextVar[list[Callable[[], Any]] | None] = ContextVar("sentinel_after_commit", default=None)
 
 
 def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 5, recycle: int = 1800) -> AsyncEngine:
@@ -41,32 +53,43 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 5, recycle
 
 
 def init(settings: Settings) -> AsyncEngine:
-    global _engine, _sessions
     url = settings.database_url.get_secret_value()
     if not url:
         raise RuntimeError("SENTINEL_DATABASE_URL (or SENTINEL_DATABASE_URL_FILE) is not set")
-    _engine = make_engine(url, pool_size=settings.database_pool_size,
-                          max_overflow=settings.database_max_overflow,
-                          recycle=settings.database_pool_recycle_seconds)
-    _sessions = async_sessionmaker(_engine, expire_on_commit=False)
-    return _engine
+    engine = make_engine(url, pool_size=settings.database_pool_size,
+                         max_overflow=settings.database_max_overflow,
+                         recycle=settings.database_pool_recycle_seconds)
+    _state.engine, _state.sessions = engine, async_sessionmaker(engine, expire_on_commit=False)
+    return engine
 
 
 def initialised() -> bool:
-    return _sessions is not None
+    return _state.sessions is not None
 
 
 def engine() -> AsyncEngine:
-    if _engine is None:
+    if _state.engine is None:
         raise RuntimeError("database not initialised")
-    return _engine
+    return _state.engine
 
 
 async def dispose() -> None:
-    global _engine, _sessions
-    if _engine is not None:
-        await _engine.dispose()
-    _engine, _sessions = None, None
+    if _state.engine is not None:
+        await _state.engine.dispose()
+    _state.engine, _state.sessions = None, None
+
+
+def after_commit(callback: Callable[[], Any]) -> None:
+    """Run ``callback`` (sync or async) once the current unit of work has committed; never if it
+    rolls back. Outside a unit of work it runs at once. For effects outside the database that
+    must only follow a durable change, e.g. enqueueing a job whose row was just inserted."""
+    pending = _after.get()
+    if pending is None:
+        result = callback()
+        if inspect.isawaitable(result):
+            raise RuntimeError("an async after_commit callback needs an active unit of work")
+        return
+    pending.append(callback)
 
 
 @contextlib.asynccontextmanager
@@ -86,17 +109,26 @@ async def unit_of_work(*, tenant_id: uuid.UUID | None = None, platform: bool | N
         tenant_id = call.db_tenant_id
     if platform is None:
         platform = bool(call and call.platform_scope)
-    factory = sessions or _sessions
+    factory = sessions or _state.sessions
     if factory is None:
         raise RuntimeError("database not initialised")
-    async with factory() as session, session.begin():
-        await session.execute(_BIND, {"tenant": str(tenant_id) if tenant_id else "",
-                                      "platform": "on" if platform else ""})
-        token = _active.set(session)
-        try:
-            yield session
-        finally:
-            _active.reset(token)
+    callbacks: list[Callable[[], Any]] = []
+    after = _after.set(callbacks)
+    try:
+        async with factory() as session, session.begin():
+            await session.execute(_BIND, {"tenant": str(tenant_id) if tenant_id else "",
+                                          "platform": "on" if platform else ""})
+            token = _active.set(session)
+            try:
+                yield session
+            finally:
+                _active.reset(token)
+    finally:
+        _after.reset(after)
+    for callback in callbacks:  # committed
+        result = callback()
+        if inspect.isawaitable(result):
+            await result
 
 
 async def lock_in_tenant(session: AsyncSession, name: str) -> None:

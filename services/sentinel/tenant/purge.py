@@ -35,7 +35,8 @@ _FINAL = text("""
 #: Children before parents; ``ctid`` batches keep each transaction short.
 _BATCHES = tuple(
     text(f"DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {table} LIMIT :batch))")  # noqa: S608 (fixed names)
-    for table in ("sessions", "api_keys", "service_accounts", "invitations", "users", "idempotency_keys")
+    for table in ("sessions", "api_keys", "service_accounts", "invitations", "users", "idempotency_keys",
+                  "job_results", "jobs")
 )
 _COMPLETE = text("UPDATE tenants SET purge_complete_time = now() WHERE id = :id AND state = 'deleted'")
 

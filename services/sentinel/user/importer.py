@@ -12,9 +12,11 @@ from __future__ import annotations
 import csv
 import io
 import re
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from sentinel.platform import db
 from sentinel.platform.config import Settings
@@ -90,12 +92,17 @@ async def import_users(settings: Settings, tenant_slug: str, data: str) -> int:
     if tenant.state != "active":
         raise ImportRefused([f"tenant '{tenant_slug}' is {tenant.state.replace('_', ' ')}"])
     async with db.unit_of_work(tenant_id=tenant.id, platform=False) as session:
-        existing = set(await session.scalars(select(func.lower(User.email)).where(
-            func.lower(User.email).in_([r.email.lower() for r in rows]))))
-        if existing:
-            raise ImportRefused([f"{e}: already a user of the tenant" for e in sorted(existing)])
-        await enforce_plan_limit(session, settings.plan_max_users, resource="users", adding=len(rows),
-                                 count=select(func.count()).select_from(User), reason="PLAN_USER_LIMIT")
-        session.add_all(User(id=uuid7(), tenant_id=tenant.id, email=r.email, display_name=r.display_name,
-                             role=r.role, state="active", password_hash=r.password_hash, version=1) for r in rows)
+        return await insert_rows(session, settings, tenant.id, rows)
+
+
+async def insert_rows(session: AsyncSession, settings: Settings, tenant_id: uuid.UUID, rows: list[Row]) -> int:
+    """Add ``rows`` as users in the session's (tenant-bound) transaction, or refuse them all."""
+    existing = set(await session.scalars(select(func.lower(User.email)).where(
+        func.lower(User.email).in_([r.email.lower() for r in rows]))))
+    if existing:
+        raise ImportRefused([f"{e}: already a user of the tenant" for e in sorted(existing)])
+    await enforce_plan_limit(session, settings.plan_max_users, resource="users", adding=len(rows),
+                             count=select(func.count()).select_from(User), reason="PLAN_USER_LIMIT")
+    session.add_all(User(id=uuid7(), tenant_id=tenant_id, email=r.email, display_name=r.display_name,
+                         role=r.role, state="active", password_hash=r.password_hash, version=1) for r in rows)
     return len(rows)

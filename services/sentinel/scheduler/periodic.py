@@ -1,0 +1,301 @@
+"""The periodic jobs, defined here once: name, default schedule, what they do.
+
+Schedules are cron strings (minute hour day month weekday, UTC), overridable per deployment
+with ``SENTINEL_PERIODIC_SCHEDULES`` (JSON: name → cron, or "off"). Every consumer ticks each
+minute and calls :func:`run_due` with the time; a job whose schedule matches claims that
+minute's slot by inserting its ``periodic_runs`` row (unique per name and slot), so it runs
+once however many consumers tick. Tests drive :func:`run_due` with any clock they like.
+
+Every run is recorded (``periodic_runs``, listed by ListPeriodicJobs), counted
+(``sentinel_jobs_total{kind=<name>}``) and audited in the platform's trail (``job.periodic``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from huey import crontab
+from prometheus_client import Gauge
+from sqlalchemy import select, text
+
+from sentinel.platform import auditlog, db
+from sentinel.platform.auth import PLATFORM_TENANT_ID
+from sentinel.platform.config import Settings
+from sentinel.platform.ids import uuid7
+from sentinel.scheduler.models import PeriodicRunRow
+from sentinel.scheduler.runner import DURATION, JOBS
+
+log = logging.getLogger("sentinel.periodic")
+ACTOR = "sentinel scheduler"
+COMPONENT_UP = Gauge("sentinel_component_up", "1 when the last health check reached the component",
+                     ["component"])
+
+Run = Callable[[Settings, dt.datetime], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class PeriodicJob:
+    name: str
+    schedule: str
+    run: Run
+    description: str
+
+
+# --------------------------------------------------------------------------- the jobs
+
+
+async def health_check(settings: Settings, now: dt.datetime) -> dict[str, Any]:
+    """Every service (gRPC health), Postgres and Redis; a notification when any changes state."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from sentinel.platform import kv
+    from sentinel.platform.server import PEERS
+
+    status: dict[str, str] = {}
+    for name in PEERS:
+        try:
+            async with grpc.aio.insecure_channel(settings.peer(name)) as channel:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            status[f"service:{name}"] = "up" if reply.status == health_pb2.HealthCheckResponse.SERVING else \
+                f"down: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+        except grpc.aio.AioRpcError as e:
+            status[f"service:{name}"] = f"down: {e.code().name}"
+    try:
+        async with db.unit_of_work(tenant_id=None, platform=False) as session:
+            await session.execute(text("SELECT 1"))
+        status["database"] = "up"
+    except Exception as e:
+        status["database"] = f"down: {type(e).__name__}"
+    redis = kv.client(settings)
+    try:
+        status["redis"] = "up" if redis is not None and await redis.ping() else "down: not configured"
+    except Exception as e:
+        status["redis"] = f"down: {type(e).__name__}"
+    for component, state in status.items():
+        COMPONENT_UP.labels(component).set(1 if state == "up" else 0)
+    previous = await _last_result("health_check")
+    before = previous.get("components", {}) if previous else {}
+    changed = sorted(c for c, s in status.items() if before and (before.get(c) == "up") != (s == "up"))
+    if changed:
+        from sentinel.scheduler.notify import Message, from_settings
+
+        down = [c for c in changed if status[c] != "up"]
+        await from_settings(settings).notify(Message(
+            subject=f"Sentinel health: {', '.join(changed)} {'down' if down else 'recovered'}",
+            text="\n".join(f"{c}: {before.get(c, 'unknown')} → {status[c]}" for c in changed),
+            fields=tuple(sorted(status.items())), severity="critical" if down else "ok"))
+    return {"components": status, "changed": changed}
+
+
+async def slo_report(settings: Settings, now: dt.datetime) -> dict[str, Any]:
+    """The daily SLO report (Prometheus recording rules) to Slack and/or e-mail."""
+    from sentinel.scheduler import slo
+    from sentinel.scheduler.notify import from_settings
+
+    snapshot = await slo.fetch(settings.prometheus_url)
+    deliveries = await from_settings(settings).notify(slo.report(snapshot))
+    return {"delivered": [d.channel for d in deliveries if d.ok], "failed": [d.channel for d in deliveries if not d.ok],
+            "policy": snapshot.overall.policy}
+
+
+async def burn_rate_watch(settings: Settings, now: dt.datetime) -> dict[str, Any]:
+    """A notification when the 2 h burn rate is above 30x (the original system's rule)."""
+    from sentinel.scheduler import slo
+    from sentinel.scheduler.notify import from_settings
+
+    alerts = slo.burn_alerts(await slo.fetch(settings.prometheus_url))
+    if alerts:
+        await from_settings(settings).notify(slo.burn_message(alerts, slo.BURN_THRESHOLD))
+    return {"alerts": [a.service for a in alerts]}
+
+
+async def audit_retention(settings: Settings, now: dt.datetime) -> dict[str, Any]:
+    from sentinel.audit import retention
+
+    report = await retention.apply(actor=f"{ACTOR} audit_retention")
+    return {"deleted": report.deleted, "tenants": len(report.cut_through)}
+
+
+async def tenant_purge(settings: Settings, now: dt.datetime) -> dict[str, Any]:
+    from sentinel.tenant import purge
+
+    report = await purge.purge_due(settings)
+    return {"purged": [str(t) for t in report.tenants], "rows": report.rows}
+
+
+_CLEANUPS = (
+    ("sessions", "DELETE FROM sessions WHERE ctid = ANY (ARRAY(SELECT ctid FROM sessions WHERE expire_time < now() "
+                 "- interval '1 day' OR revoke_time < now() - interval '7 days' LIMIT 5000))"),
+    ("invitations", "DELETE FROM invitations WHERE ctid = ANY (ARRAY(SELECT ctid FROM invitations WHERE state <> "
+                    "'accepted' AND expire_time < now() - interval '30 days' LIMIT 5000))"),
+    ("idempotency_keys", "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(SELECT ctid FROM idempotency_keys "
+                         "WHERE create_time < now() - interval '24 hours' LIMIT 5000))"),
+)
+
+
+async def cleanup(settings: Settings, now: dt.datetime) -> dict[str, Any]:
+    """Expired sessions (a day after expiry, a week after revocation), invitations a month past
+    expiry that nobody accepted, idempotency records past their 24 h window: per tenant, in batches."""
+    async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:
+        tenants = list(await session.scalars(text("SELECT id FROM tenants ORDER BY id")))
+    deleted = dict.fromkeys((name for name, _ in _CLEANUPS), 0)
+    for tenant_id in tenants:
+        for name, sql in _CLEANUPS:
+            while True:
+                async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
+                    count = int((await session.execute(text(sql))).rowcount)  # type: ignore[attr-defined]
+                deleted[name] += count
+                if count < 5000:
+                    break
+    return {"deleted": deleted}
+
+
+JOBS_BY_NAME: dict[str, PeriodicJob] = {j.name: j for j in (
+    PeriodicJob("health_check", "*/15 * * * *", health_check, "every service, Postgres and Redis; notifies changes"),
+    PeriodicJob("slo_report", "0 7 * * *", slo_report, "the daily SLO report to Slack and/or e-mail"),
+    PeriodicJob("burn_rate_watch", "*/5 * * * *", burn_rate_watch, "notifies when the 2 h burn rate exceeds 30x"),
+    PeriodicJob("audit_retention", "30 3 * * *", audit_retention, "cuts audit events past each tenant's retention"),
+    PeriodicJob("tenant_purge", "0 * * * *", tenant_purge, "purges tenants past their deletion grace period"),
+    PeriodicJob("cleanup", "15 * * * *", cleanup, "expired sessions, invitations and idempotency records"),
+)}
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def schedule_of(settings: Settings, job: PeriodicJob) -> str | None:
+    """The job's cron schedule in this deployment, or None when switched off."""
+    value = settings.periodic_schedules.get(job.name, job.schedule).strip()
+    return None if value == "off" else value
+
+
+def validate_schedules(settings: Settings) -> None:
+    unknown = set(settings.periodic_schedules) - set(JOBS_BY_NAME)
+    if unknown:
+        raise ValueError(f"SENTINEL_PERIODIC_SCHEDULES names unknown jobs: {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(JOBS_BY_NAME)})")
+    for job in JOBS_BY_NAME.values():
+        cron = schedule_of(settings, job)
+        if cron is not None:
+            matcher(cron)
+
+
+def matcher(cron: str) -> Callable[[dt.datetime], bool]:
+    fields = cron.split()
+    if len(fields) != 5:
+        raise ValueError(f"'{cron}' is not a cron schedule (minute hour day month weekday)")
+    try:
+        check: Callable[[dt.datetime], bool] = crontab(*fields)
+        check(dt.datetime(2026, 1, 1))
+    except Exception as e:
+        raise ValueError(f"'{cron}' is not a valid cron schedule: {e}") from None
+    return check
+
+
+def _naive_minute(when: dt.datetime) -> dt.datetime:
+    return when.replace(second=0, microsecond=0, tzinfo=None)  # huey's crontab compares naive UTC
+
+
+def due(cron: str, when: dt.datetime) -> bool:
+    return matcher(cron)(_naive_minute(when.astimezone(dt.UTC)))
+
+
+def next_run(cron: str, after: dt.datetime, *, horizon_days: int = 32) -> dt.datetime | None:
+    check = matcher(cron)
+    minute = _naive_minute(after.astimezone(dt.UTC)) + dt.timedelta(minutes=1)
+    for _ in range(horizon_days * 24 * 60):
+        if check(minute):
+            return minute.replace(tzinfo=dt.UTC)
+        minute += dt.timedelta(minutes=1)
+    return None
+
+
+# --------------------------------------------------------------------------- running
+
+_CLAIM = text("""
+    INSERT INTO periodic_runs (tenant_id, id, name, slot) VALUES (:tenant, :id, :name, :slot)
+    ON CONFLICT (tenant_id, name, slot) WHERE NOT manual DO NOTHING RETURNING id""")
+
+
+async def run_due(settings: Settings, now: dt.datetime) -> list[str]:
+    """Run every job whose schedule matches ``now``'s minute and whose slot nobody took yet."""
+    slot = now.astimezone(dt.UTC).replace(second=0, microsecond=0)
+    ran = []
+    for job in JOBS_BY_NAME.values():
+        cron = schedule_of(settings, job)
+        if cron is None or not due(cron, slot):
+            continue
+        async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=False) as session:
+            claimed = (await session.execute(_CLAIM, {"tenant": PLATFORM_TENANT_ID, "id": uuid7(), "name": job.name,
+                                                      "slot": slot})).scalar()
+        if claimed is None:
+            continue  # another consumer has this slot
+        await execute(settings, job, claimed, slot)
+        ran.append(job.name)
+    return ran
+
+
+async def start_manual(name: str) -> uuid.UUID:
+    """Record an on-demand run (RunPeriodicJob, ``sentinel jobs run-now``); the caller runs it."""
+    if name not in JOBS_BY_NAME:
+        raise KeyError(name)
+    run_id = uuid7()
+    async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=False) as session:
+        session.add(PeriodicRunRow(tenant_id=PLATFORM_TENANT_ID, id=run_id, name=name, manual=True))
+    return run_id
+
+
+async def run_manual(settings: Settings, name: str, run_id: uuid.UUID) -> str:
+    return await execute(settings, JOBS_BY_NAME[name], run_id, dt.datetime.now(dt.UTC))
+
+
+_FINISH = text("""
+    UPDATE periodic_runs SET state = :state, end_time = now(), error = :error, result = CAST(:result AS jsonb)
+    WHERE tenant_id = :tenant AND id = :id""")
+
+
+async def execute(settings: Settings, job: PeriodicJob, run_id: uuid.UUID, when: dt.datetime) -> str:
+    started = time.perf_counter()
+    try:
+        result, state, error = await job.run(settings, when), "succeeded", ""
+    except Exception as e:  # recorded, counted and audited; the next slot tries again
+        log.exception("periodic job failed", extra={"job": job.name})
+        result, state, error = {}, "failed", f"{type(e).__name__}: {str(e)[:500]}"
+    event = auditlog.system_event(PLATFORM_TENANT_ID, "job.periodic", actor=ACTOR, target=("periodic_job", job.name),
+                                  outcome="SUCCESS" if state == "succeeded" else "FAILURE",
+                                  diff={"run_id": str(run_id), "state": state, **({"error": error} if error else {}),
+                                        **{k: v for k, v in result.items() if k != "components"}})
+    async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=False) as session:
+        await session.execute(_FINISH, {"tenant": PLATFORM_TENANT_ID, "id": run_id, "state": state, "error": error,
+                                        "result": json.dumps(result, default=str)})
+        await auditlog.write(session, [event])
+    JOBS.labels(job.name, state).inc()
+    DURATION.labels(job.name).observe(time.perf_counter() - started)
+    return state
+
+
+async def _last_result(name: str) -> dict[str, Any] | None:
+    async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=False) as session:
+        row = await session.scalar(select(PeriodicRunRow).where(
+            PeriodicRunRow.name == name, PeriodicRunRow.state == "succeeded")
+            .order_by(PeriodicRunRow.start_time.desc()).limit(1))
+    return row.result if row is not None else None
+
+
+async def last_runs() -> dict[str, PeriodicRunRow]:
+    out: dict[str, PeriodicRunRow] = {}
+    async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=False) as session:
+        for name in JOBS_BY_NAME:
+            row = await session.scalar(select(PeriodicRunRow).where(PeriodicRunRow.name == name)
+                                       .order_by(PeriodicRunRow.start_time.desc()).limit(1))
+            if row is not None:
+                out[name] = row
+    return out

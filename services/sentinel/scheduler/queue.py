@@ -1,0 +1,124 @@
+"""The huey queue on Redis: the signal that a job should run now, and the consumer that runs it.
+
+Tasks carry only ids. The SchedulerService enqueues ``run_job`` after the job's row has
+committed; the consumer (``sentinel worker``) runs it. Every minute each consumer's
+scheduler runs ``tick``: the dispatcher (due and orphaned jobs, see ``runner.dispatch``) and
+the periodic jobs whose schedule matches the minute (``periodic.run_due``: a slot runs once
+however many consumers tick).
+
+Worker threads each keep their own event loop and database pool (asyncpg connections belong
+to one loop). SIGTERM stops the consumer gracefully: running jobs finish (up to the shutdown
+timeout); a job cut off anyway is taken back by the dispatcher once its lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import logging
+import threading
+import uuid
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import redis
+from huey import RedisHuey, crontab
+from prometheus_client import Gauge
+
+from sentinel.platform import db
+from sentinel.platform.config import Settings
+
+log = logging.getLogger("sentinel.queue")
+T = TypeVar("T")
+
+QUEUE_DEPTH = Gauge("sentinel_job_queue_depth", "Tasks waiting in the huey queue (last measured)")
+QUEUE_NAME = "sentinel"
+
+_huey: RedisHuey | None = None
+_settings: Settings | None = None
+_local = threading.local()
+
+
+def _in_thread_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on this worker thread's own event loop (made, with its pool, on first use)."""
+    runner: asyncio.Runner | None = getattr(_local, "runner", None)
+    if runner is None:
+        runner = _local.runner = asyncio.Runner()
+        assert _settings is not None
+        db.init(_settings)
+    return runner.run(coro)
+
+
+def huey_for(settings: Settings) -> RedisHuey:
+    """The process's huey instance with Sentinel's tasks registered (made once)."""
+    global _huey, _settings
+    if _huey is not None:
+        return _huey
+    url = settings.redis_url.get_secret_value()
+    if not url:
+        raise RuntimeError("SENTINEL_REDIS_URL (or _FILE) is not set: jobs need Redis")
+    _settings = settings
+    # A health-checked pool: after a Redis restart the next command reconnects instead of failing.
+    pool = redis.ConnectionPool.from_url(url, health_check_interval=30, socket_keepalive=True)
+    huey = RedisHuey(QUEUE_NAME, connection_pool=pool, results=False, utc=True)
+
+    def run_job(tenant_id: str, job_id: str) -> None:
+        from sentinel.scheduler import runner
+
+        _in_thread_loop(runner.run(settings, uuid.UUID(tenant_id), uuid.UUID(job_id), enqueue_retry=enqueue))
+
+    def run_periodic(name: str, run_id: str) -> None:
+        from sentinel.scheduler import periodic
+
+        _in_thread_loop(periodic.run_manual(settings, name, uuid.UUID(run_id)))
+
+    def tick() -> None:
+        from sentinel.scheduler import periodic, runner
+
+        QUEUE_DEPTH.set(huey.pending_count())
+        _in_thread_loop(runner.dispatch(enqueue))
+        _in_thread_loop(periodic.run_due(settings, dt.datetime.now(dt.UTC)))
+
+    _tasks.update(run_job=huey.task(name="run_job")(run_job),
+                  run_periodic=huey.task(name="run_periodic")(run_periodic),
+                  tick=huey.periodic_task(crontab(), name="tick")(tick))  # every minute
+    _huey = huey
+    return huey
+
+
+_tasks: dict[str, Any] = {}
+
+
+def enqueue(tenant_id: uuid.UUID, job_id: uuid.UUID, delay: float = 0.0) -> None:
+    """Signal a job (a blocking Redis call; from async code use :func:`enqueue_soon`)."""
+    task = _tasks["run_job"]
+    if delay > 0:
+        task.schedule(args=(str(tenant_id), str(job_id)), delay=delay)
+    else:
+        task(str(tenant_id), str(job_id))
+
+
+def enqueue_periodic(name: str, run_id: uuid.UUID) -> None:
+    _tasks["run_periodic"](name, str(run_id))
+
+
+async def enqueue_soon(settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID) -> None:
+    """Signal a job from async code; a Redis outage only delays it (the dispatcher finds it)."""
+    huey_for(settings)
+    try:
+        await asyncio.to_thread(enqueue, tenant_id, job_id)
+    except Exception as e:  # Redis down: the row is committed, the next tick signals it again
+        log.warning("job not signalled; the dispatcher will", extra={"job_id": str(job_id), "error": repr(e)})
+
+
+def run_consumer(settings: Settings) -> None:
+    """``sentinel worker``: the huey consumer with the periodic scheduler."""
+    from huey.consumer import Consumer
+
+    huey = huey_for(settings)
+    options: dict[str, Any] = {"workers": settings.job_worker_threads, "worker_type": "thread", "periodic": True,
+                               "initial_delay": 0.05, "backoff": 1.5, "max_delay": 0.5, "check_worker_health": True}
+    if "graceful_signal" in inspect.signature(Consumer.__init__).parameters:  # huey >= 3 (2.x: SIGINT)
+        options["graceful_signal"] = "TERM"
+    huey.create_consumer(**options).run()
