@@ -21,7 +21,7 @@ from sentinel.tenant.v1 import tenant_pb2
 from sentinel.tenant.v1 import tenant_service_pb2 as tsp
 from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
 
-from tests.integration.conftest import World, append_audit_event, bare_tenant
+from tests.integration.conftest import World, append_audit_event, audit_settled, bare_tenant
 
 pytestmark = pytest.mark.integration
 
@@ -64,12 +64,17 @@ async def test_retention_cuts_at_a_checkpoint_and_the_rest_still_verifies(world:
 
     code, out = await cli(stack, "admin", "audit-retention", "--batch", "4")  # several batches
     assert code == 0 and f"{tenant_id}: the chain now starts after the checkpoint at 10" in out, out
+    await audit_settled()
     events = await chain_of(tenant_id)
-    assert [e["action"] for e in events] == ["new.0", "new.1", "new.2"] and events[0]["sequence"] == 11
+    # Each batch cut is itself recorded in the trail it cut.
+    assert [e["action"] for e in events] == ["new.0", "new.1", "new.2", *["audit.retention"] * 3]
+    assert events[0]["sequence"] == 11
+    assert [(e["diff"]["cut_through_sequence"], e["diff"]["events_deleted"]) for e in events[3:]] == [
+        (10, 4), (10, 4), (10, 2)]
     # The service verifies from the kept checkpoint ...
     reply = await audit(world).VerifyAuditChain(asp.VerifyAuditChainRequest(tenant_id=tenant_id),
                                                 metadata=world.admin.metadata)
-    assert reply.valid and reply.events_checked == 3, reply
+    assert reply.valid and reply.events_checked == 6, reply
     # ... and so does the offline verifier, from an export that carries it.
     code, out = await cli(stack, "audit", "export", "--tenant", slug, "-o", str(tmp_path / "e.ndjson"))
     assert code == 0, out

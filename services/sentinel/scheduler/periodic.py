@@ -4,7 +4,9 @@ Schedules are cron strings (minute hour day month weekday, UTC), overridable per
 with ``SENTINEL_PERIODIC_SCHEDULES`` (JSON: name → cron, or "off"). Every consumer ticks each
 minute and calls :func:`run_due` with the time; a job whose schedule matches claims that
 minute's slot by inserting its ``periodic_runs`` row (unique per name and slot), so it runs
-once however many consumers tick. Tests drive :func:`run_due` with any clock they like.
+once however many consumers tick. The time is passed down to the jobs (the SLO queries ask
+Prometheus about that instant, the purge compares grace periods with it), so tests drive
+:func:`run_due` with any clock they like.
 
 Every run is recorded (``periodic_runs``, listed by ListPeriodicJobs), counted
 (``sentinel_jobs_total{kind=<name>}``) and audited in the platform's trail (``job.periodic``).
@@ -100,7 +102,7 @@ async def slo_report(settings: Settings, now: dt.datetime) -> dict[str, Any]:
     from sentinel.scheduler import slo
     from sentinel.scheduler.notify import from_settings
 
-    snapshot = await slo.fetch(settings.prometheus_url)
+    snapshot = await slo.fetch(settings.prometheus_url, at=now)
     deliveries = await from_settings(settings).notify(slo.report(snapshot))
     return {"delivered": [d.channel for d in deliveries if d.ok], "failed": [d.channel for d in deliveries if not d.ok],
             "policy": snapshot.overall.policy}
@@ -111,7 +113,7 @@ async def burn_rate_watch(settings: Settings, now: dt.datetime) -> dict[str, Any
     from sentinel.scheduler import slo
     from sentinel.scheduler.notify import from_settings
 
-    alerts = slo.burn_alerts(await slo.fetch(settings.prometheus_url))
+    alerts = slo.burn_alerts(await slo.fetch(settings.prometheus_url, at=now))
     if alerts:
         await from_settings(settings).notify(slo.burn_message(alerts, slo.BURN_THRESHOLD))
     return {"alerts": [a.service for a in alerts]}
@@ -127,7 +129,7 @@ async def audit_retention(settings: Settings, now: dt.datetime) -> dict[str, Any
 async def tenant_purge(settings: Settings, now: dt.datetime) -> dict[str, Any]:
     from sentinel.tenant import purge
 
-    report = await purge.purge_due(settings)
+    report = await purge.purge_due(settings, now=now)
     return {"purged": [str(t) for t in report.tenants], "rows": report.rows}
 
 

@@ -103,7 +103,7 @@ def upgrade() -> None:
     """)
     role = app_role()
     execute_script(f"""
-    GRANT SELECT, INSERT, UPDATE ON jobs TO {role};
+    GRANT SELECT, INSERT, UPDATE, DELETE ON jobs TO {role};  -- DELETE: the tenant purge only
     GRANT SELECT, INSERT, UPDATE, DELETE ON job_results TO {role};
     GRANT SELECT, INSERT, UPDATE ON periodic_runs TO {role};
     """)
