@@ -46,7 +46,7 @@ def stack() -> Iterator[Stack]:
         # Short failed-login locks so the tests can watch one expire.
         "SENTINEL_LOGIN_LOCK_SECONDS": "2",
         # Tests fill the free tenants A and B freely; the standard plan is the one with a low limit.
-        "SENTINEL_PLAN_MAX_USERS": '{"free": 1000, "standard": 3}',
+        "SENTINEL_PLAN_MAX_USERS": '{"free": 100000, "standard": 3}',
         "SENTINEL_PLAN_MAX_API_KEYS": '{"free": 1000, "standard": 2}',
         # A short concurrent-refresh grace so the reuse test need not wait long.
         "SENTINEL_REFRESH_REUSE_GRACE_SECONDS": "1",

@@ -129,8 +129,8 @@ async def a_page_token(world: World, rpc: contracts.Rpc) -> str:
     """A real page token minted for A by the list RPC (empty if this RPC does not page)."""
     req = new_request(rpc)
     if "page_size" not in req.DESCRIPTOR.fields_by_name or rpc.service.full_name not in IMPLEMENTED \
-            or rpc.full_method in PENDING:
-        return ""
+            or rpc.full_method in PENDING or rpc.policy.tenant_scope == policy_pb2.TENANT_SCOPE_PLATFORM:
+        return ""  # (A's owner cannot list what only platform administrators may)
     req.page_size = 1  # type: ignore[attr-defined]
     if "service_account_id" in req.DESCRIPTOR.fields_by_name:
         req.service_account_id = world.a.service_account_id  # type: ignore[attr-defined]

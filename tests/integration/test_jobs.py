@@ -167,6 +167,70 @@ async def test_cancel_a_pending_job_and_a_stopped_worker_loses_nothing(world: Wo
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def big_csv(n: int, domain: str) -> str:
+    hashed = bcrypt.hashpw(b"imported password", bcrypt.gensalt(rounds=4)).decode()
+    return "email,display_name,role,password_hash\n" + "".join(
+        f"u{i}@{domain},User {i},member,{hashed}\n" for i in range(n))
+
+
+async def count_users(world: World, t: Tenant, domain: str) -> int:
+    async with db.unit_of_work(tenant_id=uuid.UUID(t.id), platform=False) as session:
+        return int(await session.scalar(text("SELECT count(*) FROM users WHERE email LIKE :d"),
+                                        {"d": f"%@{domain}"}) or 0)
+
+
+async def signal_due_jobs(stack: Any) -> int:
+    """What every worker's minute tick does, now: re-signal due jobs, take back lost ones."""
+    from sentinel.scheduler import queue
+
+    queue.huey_for(Settings(redis_url=SecretStr(stack.redis_url)))
+    return await runner.dispatch(queue.enqueue, lag_seconds=0)
+
+
+async def test_a_worker_killed_mid_job_is_replaced_and_the_job_applies_once(world: World, stack: Any) -> None:
+    t = await make_tenant(world.channels, world.admin, "jobkill")
+    domain = "jobkill.example.com"
+    job = await create(world, t, job_pb2.JOB_KIND_USER_IMPORT, csv=big_csv(20_000, domain))
+    deadline = time.monotonic() + 30
+    while (await jobs(world).GetJob(ssp.GetJobRequest(id=job.id), metadata=t.owner.metadata)).job.state != \
+            job_pb2.JOB_STATE_RUNNING:
+        assert time.monotonic() < deadline, "the job never started"
+        await asyncio.sleep(0.02)
+    stack.kill_service("worker")  # SIGKILL in the middle of the import's transaction
+    try:
+        assert await count_users(world, t, domain) == 0  # nothing of it committed
+        # Its lease would run out after the time limit; let that moment come now.
+        async with db.unit_of_work(tenant_id=uuid.UUID(t.id), platform=False) as session:
+            await session.execute(text("UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = :id"),
+                                  {"id": uuid.UUID(job.id)})
+        assert await signal_due_jobs(stack) >= 1
+    finally:
+        await asyncio.to_thread(stack.start_worker)
+    done = await finished(world, t, job.id, within=60)
+    assert (done.state, done.attempts) == (job_pb2.JOB_STATE_SUCCEEDED, 2), done.error
+    assert await count_users(world, t, domain) == 20_000  # every user once
+
+
+async def test_jobs_survive_a_redis_restart(world: World, stack: Any) -> None:
+    t = await make_tenant(world.channels, world.admin, "jobredis")
+    stack.kill_service("redis")
+    try:
+        # The job is recorded all the same; its signal cannot be sent.
+        job = await create(world, t, job_pb2.JOB_KIND_TENANT_EXPORT)
+    finally:
+        await asyncio.to_thread(stack.start_redis)
+    await asyncio.sleep(1)
+    assert (await jobs(world).GetJob(ssp.GetJobRequest(id=job.id), metadata=t.owner.metadata)).job.state == \
+        job_pb2.JOB_STATE_PENDING
+    # The next tick signals it again; the worker, reconnected, runs it.
+    assert await signal_due_jobs(stack) >= 1
+    done = await finished(world, t, job.id, within=60)
+    assert (done.state, done.attempts) == (job_pb2.JOB_STATE_SUCCEEDED, 1)
+    # And new jobs flow as before.
+    assert (await finished(world, t, (await create(world, t, job_pb2.JOB_KIND_TENANT_EXPORT)).id)).state == \
+        job_pb2.JOB_STATE_SUCCEEDED
+
+
 # --------------------------------------------------------------------------- the runner, in process
 
 
@@ -287,7 +351,8 @@ async def test_a_job_cancelled_while_running_commits_nothing(world: World, stack
     await asyncio.sleep(0.5)
     await jobs(world).CancelJob(ssp.CancelJobRequest(id=str(job_id)), metadata=world.a.owner.metadata)
     gate.set()
-    assert (await run).state == "superseded"
+    outcome = await run
+    assert outcome.state == "superseded", (await job_row(world.a.id, job_id)).error
     users = await usg.UserServiceStub(world.channels["user"]).ListUsers(usp.ListUsersRequest(),
                                                                         metadata=world.a.owner.metadata)
     assert "late@alpha.example.com" not in {u.email for u in users.users}

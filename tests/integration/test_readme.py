@@ -6,6 +6,7 @@ credentials come from the stack instead of the ``export`` line a reader fills in
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -44,7 +45,7 @@ def test_readme_api_examples_work_as_written(stack: Any, tmp_path: Path) -> None
     if shutil.which("curl") is None:
         missing_tool("curl is needed to run the README examples")
     # The API walk, then the audit trail walk through what it left in acme's trail.
-    script = api_examples() + "\n" + examples("Audit trail", 1)
+    script = api_examples() + "\n" + examples("Audit trail", 1) + "\n" + examples("Background jobs", 2)
     assert "export ADMIN_EMAIL=" in script
     script = re.sub(r"^export ADMIN_EMAIL=.*$", "", script, flags=re.M)
     script = script.replace("localhost:8000", stack.rest_url.removeprefix("http://"))
@@ -88,3 +89,8 @@ def test_readme_api_examples_work_as_written(stack: Any, tmp_path: Path) -> None
     verified = outputs_of(text, chunks, "sentinel audit verify acme-audit.ndjson        #")
     assert verified.startswith("OK: ") and "chain head" in verified
     assert "BROKEN at sequence 1" in outputs_of(text, chunks, "|| true")
+    # The jobs walk: a tenant export ran, is listed, downloaded; a finished job cannot be cancelled.
+    assert '"state":"JOB_STATE_SUCCEEDED"' in outputs_of(text, chunks, "?state=JOB_STATE_SUCCEEDED")
+    exported = json.loads((tmp_path / "acme.json").read_text())
+    assert exported["tenant"]["slug"] == "acme" and "password_hash" not in json.dumps(exported)
+    assert "cannot be cancelled" in outputs_of(text, chunks, ":cancel")

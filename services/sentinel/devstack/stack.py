@@ -352,6 +352,10 @@ class Stack:
         proc = self._spawn("redis", [str(self.bins.redis_server), str(conf)])
         self._wait(self._redis_ready, proc, timeout, "Redis")
 
+    def start_redis(self, timeout: float = 30.0) -> None:
+        """Start Redis again (after ``kill_service("redis")``; fault tests)."""
+        self._start_redis(timeout)
+
     def _redis_ready(self) -> bool:
         import redis
 

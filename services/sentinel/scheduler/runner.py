@@ -19,12 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from prometheus_client import Counter, Histogram
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 
 from sentinel.platform import auditlog, db
 from sentinel.platform.config import Settings
+from sentinel.platform.errors import SentinelError
 from sentinel.scheduler.kinds import KINDS, Context, JobFailed
 from sentinel.scheduler.models import JobResultRow
 
@@ -56,6 +58,12 @@ _GIVE_UP = text("""
     UPDATE jobs SET state = :state, lease_until = NULL, error = :error, end_time = now(), update_time = now(),
            version = version + 1
     WHERE tenant_id = :tenant AND id = :id AND state = 'running' AND attempts = :attempt""")
+
+
+#: Errors no retry can cure: the job fails at once (its input or the tenant's plan is the problem).
+PERMANENT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ALREADY_EXISTS,
+                       grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED})
 
 
 class Superseded(Exception):
@@ -109,26 +117,34 @@ async def run(settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID,
         outcome = Outcome("superseded")
     except JobFailed as e:
         outcome = await _finish(tenant_id, job_id, kind, attempt, where, "failed", str(e))
-    except Exception as e:  # transient (or a timeout): retry with backoff, then give up
-        error = f"timed out after {claimed.timeout_seconds}s" if isinstance(e, TimeoutError) else (
-            f"{type(e).__name__}: {str(e)[:500]}")
-        log.warning("job attempt failed", extra={"job_id": str(job_id), "kind": kind, "attempt": attempt,
-                                                 "error": error})
-        if attempt < claimed.max_attempts:
-            delay = backoff(settings, attempt)
-            async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
-                await session.execute(_RETRY, {**where, "error": error, "delay": delay})
-                await auditlog.write(session, [_event(tenant_id, job_id, kind, attempt, "retrying",
-                                                      error=error, retry_in_seconds=delay)])
-            if enqueue_retry is not None:
-                enqueue_retry(tenant_id, job_id, delay)
-            outcome = Outcome("pending", delay)
-        else:
-            outcome = await _finish(tenant_id, job_id, kind, attempt, where, "dead_letter", error)
+    except Exception as e:
+        if isinstance(e, SentinelError) and e.code in PERMANENT:  # e.g. a plan limit: no retry helps
+            outcome = await _finish(tenant_id, job_id, kind, attempt, where, "failed", f"{e.code.name}: {e.message}")
+        else:  # transient (or a timeout): retry with backoff, then give up
+            outcome = await _retry_or_give_up(settings, tenant_id, job_id, kind, attempt, claimed, where, e,
+                                              enqueue_retry)
     JOBS.labels(kind, outcome.state).inc()
     DURATION.labels(kind).observe(time.perf_counter() - started)
     log.info("job run", extra={"job_id": str(job_id), "kind": kind, "attempt": attempt, "state": outcome.state})
     return outcome
+
+
+async def _retry_or_give_up(settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID, kind: str, attempt: int,
+                            claimed: Any, where: dict[str, Any], e: Exception,
+                            enqueue_retry: Callable[[uuid.UUID, uuid.UUID, float], None] | None) -> Outcome:
+    error = f"timed out after {claimed.timeout_seconds}s" if isinstance(e, TimeoutError) else (
+        f"{type(e).__name__}: {str(e)[:500]}")
+    log.warning("job attempt failed", extra={"job_id": str(job_id), "kind": kind, "attempt": attempt, "error": error})
+    if attempt >= claimed.max_attempts:
+        return await _finish(tenant_id, job_id, kind, attempt, where, "dead_letter", error)
+    delay = backoff(settings, attempt)
+    async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
+        await session.execute(_RETRY, {**where, "error": error, "delay": delay})
+        await auditlog.write(session, [_event(tenant_id, job_id, kind, attempt, "retrying", error=error,
+                                              retry_in_seconds=delay)])
+    if enqueue_retry is not None:
+        enqueue_retry(tenant_id, job_id, delay)
+    return Outcome("pending", delay)
 
 
 async def _finish(tenant_id: uuid.UUID, job_id: uuid.UUID, kind: str, attempt: int, where: dict[str, Any],
