@@ -257,7 +257,9 @@ async def make_due(tenant_id: str, job_id: uuid.UUID) -> None:
 
 
 def settings_for(stack: Any, **overrides: Any) -> Settings:
-    return Settings(database_url=SecretStr(stack.app_url), job_retry_base_seconds=0.5, **overrides)
+    """This process's settings for running jobs as the worker does (the stack's plan limits)."""
+    return Settings(database_url=SecretStr(stack.app_url), job_retry_base_seconds=0.5,
+                    plan_max_users={"free": 100_000, "standard": 3}, **overrides)
 
 
 async def test_a_failing_job_backs_off_then_succeeds_or_ends_as_a_dead_letter(
@@ -349,6 +351,7 @@ async def test_a_job_cancelled_while_running_commits_nothing(world: World, stack
                            timeout_seconds=60, progress_percent=0, error="", summary={}, creator_id="t", version=1))
     run = asyncio.create_task(runner.run(settings_for(stack), tenant, job_id))
     await asyncio.sleep(0.5)
+    assert (await job_row(world.a.id, job_id)).state == "running", (await job_row(world.a.id, job_id)).error
     await jobs(world).CancelJob(ssp.CancelJobRequest(id=str(job_id)), metadata=world.a.owner.metadata)
     gate.set()
     outcome = await run
