@@ -54,7 +54,7 @@ def noop_queue(redis_url: str, n: int) -> None:
     consumer = huey.create_consumer(workers=4, worker_type="thread", periodic=False, initial_delay=0.001,
                                     backoff=1.1, max_delay=0.01)
     start = time.perf_counter()
-    threading.Thread(target=consumer.start, daemon=True).start()
+    consumer.start()  # worker threads; returns at once
     finished.wait(120)
     completed = time.perf_counter() - start
     consumer.stop(graceful=True)
