@@ -211,6 +211,28 @@ async def test_a_worker_killed_mid_job_is_replaced_and_the_job_applies_once(worl
     assert await count_users(world, t, domain) == 20_000  # every user once
 
 
+async def test_sigterm_lets_the_running_job_finish(world: World, stack: Any) -> None:
+    t = await make_tenant(world.channels, world.admin, "jobterm")
+    domain = "jobterm.example.com"
+    job = await create(world, t, job_pb2.JOB_KIND_USER_IMPORT, csv=big_csv(20_000, domain))
+    deadline = time.monotonic() + 30
+    while (await jobs(world).GetJob(ssp.GetJobRequest(id=job.id), metadata=t.owner.metadata)).job.state != \
+            job_pb2.JOB_STATE_RUNNING:
+        assert time.monotonic() < deadline, "the job never started"
+        await asyncio.sleep(0.02)
+    worker = next(p for p in stack.procs if p.name == "worker")
+    worker.popen.terminate()  # SIGTERM: a graceful stop
+    try:
+        code = await asyncio.to_thread(worker.popen.wait, 60)
+        stack.procs.remove(worker)
+        assert code == 0
+        done = (await jobs(world).GetJob(ssp.GetJobRequest(id=job.id), metadata=t.owner.metadata)).job
+        assert (done.state, done.attempts) == (job_pb2.JOB_STATE_SUCCEEDED, 1), done.error  # finished first
+        assert await count_users(world, t, domain) == 20_000
+    finally:
+        await asyncio.to_thread(stack.start_worker)
+
+
 async def test_jobs_survive_a_redis_restart(world: World, stack: Any) -> None:
     t = await make_tenant(world.channels, world.admin, "jobredis")
     stack.kill_service("redis")
