@@ -48,6 +48,14 @@ async def finished(world: World, t: Tenant, job_id: str, within: float = 30.0) -
         await asyncio.sleep(0.1)
 
 
+async def started(world: World, t: Tenant, job_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while (await jobs(world).GetJob(ssp.GetJobRequest(id=job_id), metadata=t.owner.metadata)).job.state != \
+            job_pb2.JOB_STATE_RUNNING:
+        assert time.monotonic() < deadline, "the job never started"
+        await asyncio.sleep(0.02)
+
+
 async def create(world: World, t: Tenant, kind: int, **params: Any) -> job_pb2.Job:
     struct = struct_pb2.Struct()
     struct.update(params)
@@ -191,11 +199,7 @@ async def test_a_worker_killed_mid_job_is_replaced_and_the_job_applies_once(worl
     t = await make_tenant(world.channels, world.admin, "jobkill")
     domain = "jobkill.example.com"
     job = await create(world, t, job_pb2.JOB_KIND_USER_IMPORT, csv=big_csv(20_000, domain))
-    deadline = time.monotonic() + 30
-    while (await jobs(world).GetJob(ssp.GetJobRequest(id=job.id), metadata=t.owner.metadata)).job.state != \
-            job_pb2.JOB_STATE_RUNNING:
-        assert time.monotonic() < deadline, "the job never started"
-        await asyncio.sleep(0.02)
+    await started(world, t, job.id)
     stack.kill_service("worker")  # SIGKILL in the middle of the import's transaction
     try:
         assert await count_users(world, t, domain) == 0  # nothing of it committed
@@ -215,11 +219,7 @@ async def test_sigterm_lets_the_running_job_finish(world: World, stack: Any) -> 
     t = await make_tenant(world.channels, world.admin, "jobterm")
     domain = "jobterm.example.com"
     job = await create(world, t, job_pb2.JOB_KIND_USER_IMPORT, csv=big_csv(20_000, domain))
-    deadline = time.monotonic() + 30
-    while (await jobs(world).GetJob(ssp.GetJobRequest(id=job.id), metadata=t.owner.metadata)).job.state != \
-            job_pb2.JOB_STATE_RUNNING:
-        assert time.monotonic() < deadline, "the job never started"
-        await asyncio.sleep(0.02)
+    await started(world, t, job.id)
     worker = next(p for p in stack.procs if p.name == "worker")
     worker.popen.terminate()  # SIGTERM: a graceful stop
     try:

@@ -20,7 +20,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from sentinel.platform.auth import ALGORITHM, PLATFORM_TENANT_ID, TOKEN_LEEWAY_SECONDS, Principal
+from sentinel.platform.auth import ALGORITHM, PLATFORM_TENANT_ID, TOKEN_LEEWAY_SECONDS, Principal, load_public_keys
 from sentinel.platform.errors import Unauthenticated
 
 KID_PREFIX = "service-"
@@ -79,13 +79,8 @@ class ServiceVerifier:
 
     @classmethod
     def from_directory(cls, directory: Path, *, issuer: str) -> ServiceVerifier:
-        keys: dict[str, Ed25519PublicKey] = {}
-        for path in sorted(directory.glob("*.pub.pem")):
-            key = serialization.load_pem_public_key(path.read_bytes())
-            if not isinstance(key, Ed25519PublicKey):
-                raise ValueError(f"{path}: not an Ed25519 public key")
-            keys[path.name.removesuffix(".pub.pem")] = key
-        return cls(keys, issuer=issuer)
+        """``<name>.pub.pem`` files, one per service."""
+        return cls(load_public_keys(directory), issuer=issuer)
 
     def verify(self, token: str) -> Principal:
         invalid = Unauthenticated("the service token is invalid", reason="TOKEN_INVALID")
