@@ -32,7 +32,8 @@ from sentinel.user.v1 import user_service_pb2_grpc as usg
 from tests.integration.clients import Principal
 
 PASSWORD = "correct horse battery staple"
-PERIODIC_JOBS = ("health_check", "slo_report", "burn_rate_watch", "audit_retention", "tenant_purge", "cleanup")
+PERIODIC_JOBS = ("health_check", "slo_report", "burn_rate_watch", "audit_retention", "audit_verify", "tenant_purge",
+                 "cleanup")
 
 
 @pytest.fixture(scope="session")

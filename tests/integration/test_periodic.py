@@ -194,6 +194,43 @@ async def test_cleanup_removes_only_what_has_expired(world: World, stack: Any) -
     assert (await runs_of("cleanup"))[-1].result["deleted"]["sessions"] >= 1
 
 
+async def test_audit_verify_finds_a_tampered_chain(world: World, stack: Any, webhook: WebhookServer) -> None:
+    import asyncpg
+    from prometheus_client import REGISTRY
+
+    from tests.integration.conftest import append_audit_event, bare_tenant
+
+    key = sorted((stack.audit_keys_dir / "public").glob("*.pub.pem"))[-1]
+    settings = settings_for(stack, audit_public_key_file=key, notify_slack_webhook_url=SecretStr(webhook.url))
+    tenant_id, _ = await bare_tenant("verify")
+    for i in range(3):
+        await append_audit_event(tenant_id, action=f"v.{i}")
+    assert await periodic.run_manual(settings, "audit_verify", await periodic.start_manual("audit_verify")) == \
+        "succeeded"
+    result = (await runs_of("audit_verify"))[-1].result
+    assert result["authenticated"] and tenant_id not in {b["tenant_id"] for b in result["broken"]}
+    conn = await asyncpg.connect(stack.owner_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        async with conn.transaction():  # the owner rewrites history
+            await conn.execute("SELECT set_config('sentinel.tenant_id', $1, true)", tenant_id)
+            await conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
+            await conn.execute("UPDATE audit_events SET action = 'nothing' WHERE sequence = 2")
+            await conn.execute("ALTER TABLE audit_events ENABLE TRIGGER audit_events_append_only")
+    finally:
+        await conn.close()
+    await periodic.run_manual(settings, "audit_verify", await periodic.start_manual("audit_verify"))
+    result = (await runs_of("audit_verify"))[-1].result
+    ours = [b for b in result["broken"] if b["tenant_id"] == tenant_id]
+    assert [b["sequence"] for b in ours] == [2]
+    assert REGISTRY.get_sample_value("sentinel_audit_chain_broken") == len(result["broken"]) >= 1
+    assert "fail verification" in webhook.requests[-1].body["text"]
+    await audit_settled()  # the tenant's own trail says so
+    from sentinel.audit import store
+
+    last = [e async for page in store.events(uuid.UUID(tenant_id)) for e in page][-1]
+    assert (last["action"], last["outcome"], last["diff"]["first_broken_sequence"]) == ("audit.verify", "failure", 2)
+
+
 async def test_tenant_purge_follows_the_injected_clock(world: World, stack: Any) -> None:
     from sentinel.tenant.v1 import tenant_service_pb2 as tsp
     from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg

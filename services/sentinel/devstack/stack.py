@@ -424,7 +424,8 @@ class Stack:
 
     def start_worker(self, timeout: float = 60.0) -> None:
         """The job consumer (huey): ready once its metrics endpoint answers."""
-        env = {**self.service_env(), "SENTINEL_WORKER_METRICS_PORT": str(self.ports.worker_metrics)}
+        env = {**self.service_env(), "SENTINEL_WORKER_METRICS_PORT": str(self.ports.worker_metrics),
+               "SENTINEL_AUDIT_PUBLIC_KEY_FILE": str(sorted((self.audit_keys_dir / "public").glob("*.pub.pem"))[-1])}
         proc = self._spawn("worker", [sys.executable, "-m", "sentinel", "worker"], env=env)
         self._wait(lambda: self._http_ok(self.worker_metrics_url), proc, timeout, "job worker")
 

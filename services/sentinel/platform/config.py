@@ -106,6 +106,8 @@ class Settings(BaseSettings):
 
     # --- audit: the audit service's Ed25519 key that signs chain-head checkpoints, and how often
     audit_signing_key_file: Path | None = None
+    # Its public half, for whoever checks checkpoints without signing them (the daily audit_verify job).
+    audit_public_key_file: Path | None = None
     audit_checkpoint_seconds: float = Field(default=300.0, gt=0)
     # Every service records audit events in an outbox table in the same transaction as the change,
     # and drains it to the audit service in batches: at once after a commit, and at least this often.

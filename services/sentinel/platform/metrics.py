@@ -6,6 +6,10 @@ user id.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 # Buckets include 1.0 exactly: the latency SLO is "P95 < 1 s" (exposed as le="1.0").
@@ -21,6 +25,22 @@ IN_FLIGHT = Gauge("sentinel_requests_in_flight", "RPCs being handled now.", ["se
 DB_POOL_SIZE = Gauge("sentinel_db_pool_connections", "Database pool connections by state.",
                      ["service", "state"])
 BUILD_INFO = Gauge("sentinel_build_info", "Always 1; labels carry the version.", ["service", "version"])
+
+
+def watch_pool(service: str, engine: Any) -> None:
+    """Report the engine's pool on every scrape: checked out, idle, overflow, and the most it may
+    hold (pool size + max overflow; ``checked_out`` reaching it means callers queue)."""
+    pool = engine.pool
+    readers: dict[str, Callable[[], float]] = {
+        "checked_out": pool.checkedout, "idle": pool.checkedin, "overflow": pool.overflow,
+        "max": lambda: pool.size() + pool._max_overflow,
+    }
+    for state, read in readers.items():
+        DB_POOL_SIZE.labels(service, state).set_function(functools.partial(_at_least_zero, read))
+
+
+def _at_least_zero(read: Callable[[], float]) -> float:
+    return max(float(read()), 0.0)  # QueuePool.overflow() is negative until the pool is full
 
 
 def serve_metrics(host: str, port: int) -> None:

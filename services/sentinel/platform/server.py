@@ -133,7 +133,7 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
     runtime = make_runtime(settings)
     tasks: list[asyncio.Task[None]] = []
     if spec.needs_database:
-        db.init(settings)
+        metrics.watch_pool(spec.name, db.init(settings))
         auditlog.enabled = settings.audit_recording
         if not settings.audit_recording:
             log.warning("audit recording is OFF (SENTINEL_AUDIT_RECORDING=false): nothing is recorded")

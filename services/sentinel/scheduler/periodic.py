@@ -36,6 +36,8 @@ from sentinel.scheduler.runner import DURATION, JOBS
 
 log = logging.getLogger("sentinel.periodic")
 ACTOR = "sentinel scheduler"
+AUDIT_CHAIN_BROKEN = Gauge("sentinel_audit_chain_broken",
+                           "Tenant audit chains that failed their last verification (audit_verify)")
 COMPONENT_UP = Gauge("sentinel_component_up", "1 when the last health check reached the component",
                      ["component"])
 
@@ -133,6 +135,41 @@ async def tenant_purge(settings: Settings, now: dt.datetime) -> dict[str, Any]:
     return {"purged": [str(t) for t in report.tenants], "rows": report.rows}
 
 
+async def audit_verify(settings: Settings, now: dt.datetime) -> dict[str, Any]:
+    """Verify every tenant's chain against its signed checkpoints; a broken one is counted
+    (``sentinel_audit_chain_broken``, alerted on), notified, and recorded in that tenant's trail."""
+    from sentinel.audit import checkpoints, store
+    from sentinel.scheduler.notify import Message, from_settings
+
+    key = checkpoints.load_public_key(settings.audit_public_key_file) if settings.audit_public_key_file else None
+    async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:
+        tenants = list(await session.scalars(text("SELECT id FROM tenants ORDER BY id")))
+    broken: list[dict[str, Any]] = []
+    checked = 0
+    for tenant_id in tenants:
+        cps = await checkpoints.list_for(tenant_id)
+        forged = [cp for cp in cps if key is not None and not checkpoints.authentic(cp, key)]
+        verdict = await store.verify_tenant(tenant_id, checkpoints=checkpoints.trusted_heads(cps, key))
+        checked += verdict.checked
+        if forged or not verdict.ok:
+            problem = {"tenant_id": str(tenant_id),
+                       "sequence": int(forged[0]["sequence"]) if forged else verdict.broken_sequence,
+                       "problem": "a checkpoint is not signed by the audit key" if forged else verdict.problem}
+            broken.append(problem)
+            async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
+                await auditlog.write(session, [auditlog.system_event(
+                    tenant_id, "audit.verify", actor=f"{ACTOR} audit_verify", target=("tenant", str(tenant_id)),
+                    outcome="FAILURE", diff={"first_broken_sequence": problem["sequence"],
+                                             "problem": problem["problem"]})])
+    AUDIT_CHAIN_BROKEN.set(len(broken))
+    if broken:
+        await from_settings(settings).notify(Message(
+            subject=f"Sentinel audit: {len(broken)} tenant chain(s) fail verification",
+            text="\n".join(f"tenant {b['tenant_id']}: first broken at sequence {b['sequence']}: {b['problem']}"
+                           for b in broken[:20]), severity="critical"))
+    return {"tenants": len(tenants), "events": checked, "broken": broken, "authenticated": key is not None}
+
+
 _CLEANUPS = (
     ("sessions", "DELETE FROM sessions WHERE ctid = ANY (ARRAY(SELECT ctid FROM sessions WHERE expire_time < now() "
                  "- interval '1 day' OR revoke_time < now() - interval '7 days' LIMIT 5000))"),
@@ -165,6 +202,7 @@ JOBS_BY_NAME: dict[str, PeriodicJob] = {j.name: j for j in (
     PeriodicJob("slo_report", "0 7 * * *", slo_report, "the daily SLO report to Slack and/or e-mail"),
     PeriodicJob("burn_rate_watch", "*/5 * * * *", burn_rate_watch, "notifies when the 2 h burn rate exceeds 30x"),
     PeriodicJob("audit_retention", "30 3 * * *", audit_retention, "cuts audit events past each tenant's retention"),
+    PeriodicJob("audit_verify", "0 4 * * *", audit_verify, "verifies every tenant's chain and its checkpoints"),
     PeriodicJob("tenant_purge", "0 * * * *", tenant_purge, "purges tenants past their deletion grace period"),
     PeriodicJob("cleanup", "15 * * * *", cleanup, "expired sessions, invitations and idempotency records"),
 )}
