@@ -220,6 +220,13 @@ async def test_sigterm_lets_the_running_job_finish(world: World, stack: Any) -> 
     domain = "jobterm.example.com"
     job = await create(world, t, job_pb2.JOB_KIND_USER_IMPORT, csv=big_csv(20_000, domain))
     await started(world, t, job.id)
+    deadline = time.monotonic() + 10  # the file parsed, the users going in: progress shows while it runs
+    while True:
+        running = (await jobs(world).GetJob(ssp.GetJobRequest(id=job.id), metadata=t.owner.metadata)).job
+        if running.progress_percent or running.state != job_pb2.JOB_STATE_RUNNING or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    assert running.progress_percent == 10 and running.state == job_pb2.JOB_STATE_RUNNING, running
     worker = next(p for p in stack.procs if p.name == "worker")
     worker.popen.terminate()  # SIGTERM: a graceful stop
     try:

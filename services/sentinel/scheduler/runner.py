@@ -97,7 +97,7 @@ async def run(settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID,
     kind, attempt = str(claimed.kind), int(claimed.attempts)
     where = {"tenant": tenant_id, "id": job_id, "attempt": attempt}
     started = time.perf_counter()
-    ctx = Context(tenant_id, job_id, claimed.params or {}, settings)
+    ctx = Context(tenant_id, job_id, claimed.params or {}, settings, attempt)
     try:
         async with asyncio.timeout(claimed.timeout_seconds):
             async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
