@@ -63,6 +63,13 @@ def test_an_update_records_only_the_masked_fields() -> None:
     assert auditlog.request_diff(cleared) == {"user": {"display_name": ""}}
 
 
+def test_any_update_mask_can_be_recorded() -> None:
+    # json_format cannot print paths like "a_1" (no camelCase form): the diff reads the mask itself.
+    request = user_service_pb2.UpdateUserRequest(user=user_pb2.User(id="u", display_name="X"),
+                                                 update_mask=field_mask_pb2.FieldMask(paths=["a_1", "display_name"]))
+    assert auditlog.request_diff(request) == {"user": {"display_name": "X"}}
+
+
 def test_target_comes_from_the_response_then_the_request() -> None:
     created = user_service_pb2.CreateUserResponse(user=user_pb2.User(id="new-user"))
     assert auditlog.derive_target("user.create", user_service_pb2.CreateUserRequest(), created, ADMIN) == \

@@ -46,6 +46,7 @@ from sentinel.platform.interceptors.idempotency import (
     request_hash,
     request_key,
 )
+from sentinel.platform.interceptors.input import InputInterceptor, nul_fields
 from sentinel.platform.interceptors.logging import LoggingInterceptor
 from sentinel.platform.interceptors.metrics import MetricsInterceptor, method_label
 from sentinel.platform.interceptors.policy import PolicyInterceptor, field_value
@@ -778,11 +779,32 @@ async def test_idempotency_skips_reads_and_calls_without_tenant() -> None:
 def test_default_chain_order() -> None:
     chain = default_chain(SERVICE, None)
     assert isinstance(chain, Chain)
-    # Audit sits inside errors (it sees the raw exception) and outside authn and policy (it sees
-    # their refusals); its transaction wraps idempotency, so a replay is known before it records.
+    # Input checks come first inside errors (a NUL byte never reaches a query, or the audit
+    # outbox); audit sits inside errors (it sees the raw exception) and outside authn and policy
+    # (it sees their refusals); its transaction wraps idempotency, so a replay is known before it records.
     assert [type(i) for i in chain.interceptors] == [MetricsInterceptor, LoggingInterceptor, ErrorsInterceptor,
-                                                     AuditInterceptor, AuthnInterceptor, PolicyInterceptor]
+                                                     InputInterceptor, AuditInterceptor, AuthnInterceptor,
+                                                     PolicyInterceptor]
     assert [type(i) for i in chain.unary] == [AuditTransaction, IdempotencyInterceptor]
+
+
+def test_nul_characters_are_found_at_any_depth() -> None:
+    from google.protobuf import field_mask_pb2
+
+    clean = user_service_pb2.UpdateUserRequest(user=user_pb2.User(id="u", display_name="Ada"),
+                                               update_mask=field_mask_pb2.FieldMask(paths=["display_name"]))
+    assert list(nul_fields(clean)) == []
+    dirty = user_service_pb2.UpdateUserRequest(user=user_pb2.User(id="u", display_name="A\x00da"),
+                                               update_mask=field_mask_pb2.FieldMask(paths=["display_name", "x\x00"]),
+                                               request_id="k\x00")
+    assert sorted(nul_fields(dirty)) == ["request_id", "update_mask.paths", "user.display_name"]
+
+
+async def test_a_nul_character_is_invalid_argument_before_any_handler(stack: Stack) -> None:
+    async with _fails(grpc.StatusCode.INVALID_ARGUMENT) as box:
+        await stack.authn.Login(user_service_pb2.LoginRequest(tenant="acme", email="a\x00@b.example", password="x"))
+    assert "email contains a NUL character" in (box[0].details() or "")
+    assert SEEN == []
 
 
 async def test_authn_without_verifier_refuses_tokens() -> None:

@@ -458,15 +458,23 @@ class Stack:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def _start_envoy(self, timeout: float) -> None:
+        from sentinel.gateway import openapi
         from sentinel.gateway.envoy import GatewayConfig, envoy_args, render_yaml, write_descriptor_set
 
         gw = self.data_dir / "gateway"
         descriptor = write_descriptor_set(gw / "sentinel.pb")
+        # GET /openapi.json and /docs: Envoy serves these files (written before it starts).
+        docs_dir: Path | None = None
+        if openapi.docs_template().is_file():
+            openapi.write_docs(gw)
+            docs_dir = gw
+        else:  # an installed wheel carries no gateway/docs/
+            self.say(f"  {openapi.DOCS_TEMPLATE} not found: no /openapi.json or /docs")
         cfg = GatewayConfig(upstreams={n: self.service_target(n) for n in SERVICES},
                             descriptor_set_path=descriptor, listen_host=self.host,
                             listen_port=self.ports.envoy, admin_host=self.host,
                             admin_port=self.ports.envoy_admin,
-                            access_log_path=str(self.logs_dir / "envoy-access.log"))
+                            access_log_path=str(self.logs_dir / "envoy-access.log"), docs_dir=docs_dir)
         conf = gw / "envoy.yaml"
         conf.write_text(render_yaml(cfg))
         proc = self._spawn("envoy", [str(self.bins.envoy), *envoy_args(conf, log_level="warn")])

@@ -50,6 +50,16 @@ JWT_PROVIDER = "sentinel"
 JWKS_CLUSTER = "jwks"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
+#: The API description at the edge (public, GET/HEAD only), served by Envoy itself from the files
+#: :func:`sentinel.gateway.openapi.write_docs` puts in ``GatewayConfig.docs_dir``.
+OPENAPI_PATH = "/openapi.json"
+DOCS_PATH = "/docs"
+OPENAPI_FILE = "openapi.json"
+DOCS_FILE = "index.html"
+#: Envoy refuses a ``direct_response`` body over ``max_direct_response_body_size_bytes``
+#: (default 4 KiB) when it loads the config; the OpenAPI document is far larger.
+MAX_DOCS_BYTES = 4 << 20
+
 #: Upstream timeouts. Unary calls get ``ROUTE_TIMEOUT`` (a client's smaller ``grpc-timeout``
 #: wins); server-streaming calls have no total timeout and rely on the stream idle timeout.
 ROUTE_TIMEOUT = "15s"
@@ -113,11 +123,15 @@ class GatewayConfig:
     access_log_path: str = "/dev/stdout"
     # Limits that rarely need changing; not part of the devstack contract.
     max_connections: int = 10_000
+    # Directory holding openapi.json and index.html (sentinel.gateway.openapi.write_docs): served
+    # at /openapi.json and /docs. None: neither path exists (the transcoder answers 404).
+    docs_dir: Path | None = None
 
 
 def dev_config() -> GatewayConfig:
     """The configuration ``gateway/envoy.dev.yaml`` is rendered from (dev ports, §2)."""
-    return GatewayConfig(upstreams=dict(DEV_UPSTREAMS), descriptor_set_path=DEV_DESCRIPTOR_SET_PATH)
+    return GatewayConfig(upstreams=dict(DEV_UPSTREAMS), descriptor_set_path=DEV_DESCRIPTOR_SET_PATH,
+                         docs_dir=DEV_DESCRIPTOR_SET_PATH.parent)
 
 
 def response_body_bindings() -> list[str]:
@@ -293,7 +307,36 @@ def _route_action(cluster: str, *, streaming: bool = False, retry: bool = False)
     return action
 
 
-def _routes() -> list[dict[str, Any]]:
+def _docs_routes(cfg: GatewayConfig) -> list[dict[str, Any]]:
+    """``GET /openapi.json`` and ``GET /docs``: direct responses from the files in ``docs_dir``.
+
+    The transcoder runs before routing and would answer these paths with 404 itself
+    (``reject_unknown_method``), so it is disabled on these two routes (a route-level
+    ``FilterConfig``); ``jwt_rules()`` lets them through without a token. Other methods fall
+    through to the REST catch-all (the transcoder's 404).
+    """
+    if cfg.docs_dir is None:
+        return []
+    from sentinel.gateway import openapi  # imports this module
+
+    pages = (
+        ("openapi", OPENAPI_PATH, OPENAPI_FILE, {"content-type": "application/json"}),
+        ("docs", DOCS_PATH, DOCS_FILE, {"content-type": "text/html; charset=utf-8",
+                                        "content-security-policy": openapi.docs_csp()}),
+    )
+    return [{
+        "name": name,
+        "match": {"path": path, "headers": [{"name": ":method",
+                                             "string_match": {"safe_regex": {"regex": "^(GET|HEAD)$"}}}]},
+        "direct_response": {"status": 200, "body": {"filename": str(cfg.docs_dir / file)}},
+        # Route-level headers win over the virtual host's (most_specific_header_mutations_wins).
+        "response_headers_to_add": [_header(k, v) for k, v in headers.items()],
+        "typed_per_filter_config": {
+            "envoy.filters.http.grpc_json_transcoder": _any("envoy.config.route.v3.FilterConfig", disabled=True)},
+    } for name, path, file, headers in pages]
+
+
+def _routes(cfg: GatewayConfig) -> list[dict[str, Any]]:
     rpcs = contracts.rpcs()
     routes: list[dict[str, Any]] = []
     # Internal RPCs (service to service, e.g. AppendEvents) do not exist at the edge.
@@ -319,6 +362,8 @@ def _routes() -> list[dict[str, Any]]:
     # Native gRPC health through the edge (load balancers, grpc_health_probe).
     routes.append({"name": "grpc.health", "match": {"prefix": HEALTH_PREFIX},
                    "route": _route_action(backend_for("sentinel.common.v1.HealthService"))})
+    # The OpenAPI document and the docs page, before the catch-alls.
+    routes += _docs_routes(cfg)
     # Native gRPC to an unknown service: Envoy answers 404, which gRPC clients see as UNIMPLEMENTED.
     routes.append({"name": "unknown_grpc", "match": {"prefix": "/", "grpc": {}},
                    "direct_response": {"status": 404, "body": {"inline_string": "no such service"}}})
@@ -346,29 +391,37 @@ def _route_config(cfg: GatewayConfig) -> dict[str, Any]:
     vhost: dict[str, Any] = {
         "name": "sentinel",
         "domains": ["*"],
-        "routes": _routes(),
+        "routes": _routes(cfg),
         "response_headers_to_add": _security_headers(),
         "response_headers_to_remove": ["server", "x-powered-by"],
     }
     if cfg.cors_allowed_origins:
         vhost["typed_per_filter_config"] = {"envoy.filters.http.cors": _cors_policy(cfg.cors_allowed_origins)}
-    return {
+    route_config: dict[str, Any] = {
         "name": "sentinel",
         "virtual_hosts": [vhost],
         # Nothing a client sends may look like an edge-verified identity to the services
         # (Envoy's conventional payload header; add issue 3's API-key marker here too).
         "request_headers_to_remove": ["x-jwt-payload"],
     }
+    if cfg.docs_dir is not None:
+        route_config["max_direct_response_body_size_bytes"] = MAX_DOCS_BYTES
+        # The docs page's own CSP (and content types) must beat the virtual host's headers.
+        route_config["most_specific_header_mutations_wins"] = True
+    return route_config
 
 
 def jwt_rules() -> list[dict[str, Any]]:
     """``jwt_authn`` rules on gRPC paths (the transcoder has already rewritten REST paths).
 
-    Public RPCs and gRPC infrastructure are listed first without ``requires``; the final
-    catch-all requires a valid token, so a new RPC is protected unless its contract says public.
+    Public RPCs, gRPC infrastructure and the two documentation paths (``/openapi.json``,
+    ``/docs``: direct responses, never forwarded) are listed first without ``requires``; the
+    final catch-all requires a valid token, so a new RPC is protected unless its contract says public.
     """
     rules: list[dict[str, Any]] = [{"match": {"path": rpc.full_method}} for rpc in contracts.rpcs() if rpc.public]
     rules += [{"match": {"prefix": prefix}} for prefix in contracts.INFRASTRUCTURE_PREFIXES]
+    # The OpenAPI document and the docs page (Envoy's direct responses; nothing is forwarded).
+    rules += [{"match": {"path": path}} for path in (OPENAPI_PATH, DOCS_PATH)]
     # API keys (`authorization: Bearer snt_…` or `x-api-key`) are not JWTs: jwt_authn lets them
     # through and every service authenticates the key itself (format and checksum first, then a
     # tenant-bound lookup, cached), exactly as it re-verifies every JWT.

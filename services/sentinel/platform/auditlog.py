@@ -109,14 +109,21 @@ def request_diff(request: Message | None) -> dict[str, Any]:
     if request is None:
         return {}
     fields = request.DESCRIPTOR.fields_by_name
+    mask_paths: list[str] = []
+    if "update_mask" in fields:  # read directly: json_format refuses paths it cannot camel-case
+        mask: Any = request.update_mask  # type: ignore[attr-defined]
+        mask_paths = list(mask.paths)
+        copy = type(request)()
+        copy.CopyFrom(request)
+        copy.ClearField("update_mask")
+        request = copy
     as_dict = json_format.MessageToDict(request, preserving_proto_field_name=True)
     if "update_mask" in fields:
         resource = next((f for f in fields.values() if f.message_type is not None and f.name != "update_mask"), None)
         if resource is not None:
             full = json_format.MessageToDict(getattr(request, resource.name), preserving_proto_field_name=True,
                                              always_print_fields_with_no_presence=True)
-            mask: Any = request.update_mask  # type: ignore[attr-defined]
-            paths = list(mask.paths) or list(as_dict.get(resource.name, {}))
+            paths = mask_paths or list(as_dict.get(resource.name, {}))
             changed = {p: full[p] for p in paths if p in full}
             return dict(redact({resource.name: changed}, request.DESCRIPTOR))
     kept = {k: v for k, v in as_dict.items() if k not in _STRUCTURAL}

@@ -121,12 +121,13 @@ class Chain(grpc.aio.ServerInterceptor):
 
 def default_chain(service: str, verifier: TokenVerifier | None,
                   service_verifier: ServiceVerifier | None = None) -> Chain:
-    """The production order: metrics, logging, errors, audit, authn, policy; then, around unary
-    handlers, the audit transaction and idempotency."""
+    """The production order: metrics, logging, errors, input, audit, authn, policy; then, around
+    unary handlers, the audit transaction and idempotency."""
     from sentinel.platform.interceptors.audit import AuditInterceptor, AuditTransaction
     from sentinel.platform.interceptors.authn import AuthnInterceptor
     from sentinel.platform.interceptors.errors import ErrorsInterceptor
     from sentinel.platform.interceptors.idempotency import IdempotencyInterceptor
+    from sentinel.platform.interceptors.input import InputInterceptor
     from sentinel.platform.interceptors.logging import LoggingInterceptor
     from sentinel.platform.interceptors.metrics import MetricsInterceptor
     from sentinel.platform.interceptors.policy import PolicyInterceptor
@@ -135,6 +136,7 @@ def default_chain(service: str, verifier: TokenVerifier | None,
         MetricsInterceptor(service),
         LoggingInterceptor(service),
         ErrorsInterceptor(service),
+        InputInterceptor(),
         AuditInterceptor(),
         AuthnInterceptor(verifier, service_verifier),
         PolicyInterceptor(),
