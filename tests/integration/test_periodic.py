@@ -163,10 +163,15 @@ async def test_the_burn_rate_watch_speaks_only_above_30x(world: World, stack: An
     settings = settings_for(stack, only=("burn_rate_watch",), prometheus_url=prom.url,
                             notify_slack_webhook_url=SecretStr(webhook.url))
     await periodic.run_due(settings, HEALTHY)
-    assert webhook.requests == [] and (await runs_of("burn_rate_watch"))[-1].result == {"alerts": []}
+    assert webhook.requests == []
+    assert (await runs_of("burn_rate_watch"))[-1].result == {"alerts": [], "multiwindow": []}
     await periodic.run_due(settings, CRITICAL)
-    assert (await runs_of("burn_rate_watch"))[-1].result == {"alerts": ["user", "all"]}
-    assert len(webhook.requests) == 1 and webhook.requests[0].body["attachments"][0]["color"] == "#a30200"
+    # The multiwindow pages (both windows over the factor; tenant's spike is over) and the 2 h > 30x rule.
+    assert (await runs_of("burn_rate_watch"))[-1].result == {"alerts": ["user", "all"],
+                                                             "multiwindow": ["user page-fast", "all page-slow"]}
+    assert [r.body["text"] for r in webhook.requests][0].startswith("Sentinel SLO: error budget burning fast in")
+    assert len(webhook.requests) == 2
+    assert {r.body["attachments"][0]["color"] for r in webhook.requests} == {"#a30200"}
 
 
 async def test_cleanup_removes_only_what_has_expired(world: World, stack: Any) -> None:

@@ -94,6 +94,18 @@ RAW: dict[str, list[str]] = {
 }
 
 
+# The generated availability SLI's error ratios per window (what the multiwindow pages read).
+SLOTH: dict[datetime, dict[str, dict[str, float]]] = {
+    HEALTHY: {service: {"1h": 0.0001, "5m": 0.0001, "6h": 0.0001, "30m": 0.0001}
+              for service in ("tenant", "user", "audit", "scheduler", "all")},
+    CRITICAL: {
+        "user": {"1h": 0.02, "5m": 0.03, "6h": 0.004, "30m": 0.004},  # page-fast (14.4x = 0.0144)
+        "tenant": {"1h": 0.02, "5m": 0.001, "6h": 0.001, "30m": 0.001},  # the spike is over
+        "all": {"1h": 0.01, "5m": 0.02, "6h": 0.007, "30m": 0.008},  # page-slow (6x = 0.006)
+    },
+}
+
+
 def _om_value(v: float) -> str:
     if math.isnan(v):
         return "NaN"
@@ -113,6 +125,13 @@ def openmetrics() -> str:
                 if name in figures:
                     lines.append(f'{name}{{service="{service}"}} {_om_value(figures[name])} {int(when.timestamp())}')
         lines += RAW.get(name, [])
+    for window in ("5m", "30m", "1h", "6h"):
+        name = f"slo:sli_error:ratio_rate{window}"
+        lines += [f"# HELP {name} Sentinel SLI error ratio (test data).", f"# TYPE {name} gauge"]
+        for when in sorted(SLOTH):
+            for service, ratios in SLOTH[when].items():
+                lines.append(f'{name}{{service="{service}",sloth_service="{service}",sloth_slo="availability"}} '
+                             f"{ratios[window]!r} {int(when.timestamp())}")
     lines.append("# EOF")
     return "\n".join(lines) + "\n"
 

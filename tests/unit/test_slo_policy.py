@@ -169,3 +169,30 @@ def test_burn_message() -> None:
 async def test_fetch_refuses_a_naive_time() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         await slo.fetch("http://127.0.0.1:9", at=datetime(2026, 12, 3))
+
+
+def test_the_page_pairs_are_the_spec_s() -> None:
+    import pathlib
+
+    import yaml
+
+    spec = yaml.safe_load((pathlib.Path(__file__).resolve().parents[2] / "alerts" / "slo.yaml").read_text())
+    pages = {name: w for name, w in spec["burn_windows"].items() if w["severity"] == "page"}
+    assert {(n, float(w["factor"]), w["long"], w["short"]) for n, w in pages.items()} == set(slo.PAGE_WINDOWS)
+
+
+def test_a_page_pair_needs_both_windows_strictly_above_its_factor() -> None:
+    budget = 1 - slo.OBJECTIVE
+    fast = 14.4 * budget
+    windows = {
+        "user": {"1h": fast * 2, "5m": fast * 1.01, "6h": 0.0, "30m": 0.0},  # page-fast
+        "tenant": {"1h": fast * 2, "5m": fast * 0.5},  # the spike is over: no page
+        "audit": {"1h": fast, "5m": fast},  # exactly the factor: no page
+        "all": {"6h": 6 * budget * 1.5, "30m": 6 * budget * 1.2, "1h": 0.0, "5m": 0.0},  # page-slow
+        "scheduler": {"1h": fast * 3},  # a window missing: no page
+    }
+    alerts = slo.multiwindow_alerts(windows)
+    assert [(a.service, a.pair) for a in alerts] == [("user", "page-fast"), ("all", "page-slow")]
+    assert round(alerts[0].long_burn, 1) == 28.8 and round(alerts[1].short_burn, 1) == 7.2
+    message = slo.window_message(alerts)
+    assert message.severity == "critical" and "page-fast" in message.text

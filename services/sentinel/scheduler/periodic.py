@@ -111,14 +111,19 @@ async def slo_report(settings: Settings, now: dt.datetime) -> dict[str, Any]:
 
 
 async def burn_rate_watch(settings: Settings, now: dt.datetime) -> dict[str, Any]:
-    """A notification when the 2 h burn rate is above 30x (the original system's rule)."""
+    """Notifications when the budget burns fast: the generated multiwindow page pairs (14.4x over
+    1 h and 5 m, 6x over 6 h and 30 m), and the original system's 2 h > 30x rule."""
     from sentinel.scheduler import slo
     from sentinel.scheduler.notify import from_settings
 
     alerts = slo.burn_alerts(await slo.fetch(settings.prometheus_url, at=now))
+    paging = slo.multiwindow_alerts(await slo.fetch_windows(settings.prometheus_url, at=now))
+    notifier = from_settings(settings)
+    if paging:
+        await notifier.notify(slo.window_message(paging))
     if alerts:
-        await from_settings(settings).notify(slo.burn_message(alerts, slo.BURN_THRESHOLD))
-    return {"alerts": [a.service for a in alerts]}
+        await notifier.notify(slo.burn_message(alerts, slo.BURN_THRESHOLD))
+    return {"alerts": [a.service for a in alerts], "multiwindow": [f"{a.service} {a.pair}" for a in paging]}
 
 
 async def audit_retention(settings: Settings, now: dt.datetime) -> dict[str, Any]:
@@ -200,7 +205,8 @@ async def cleanup(settings: Settings, now: dt.datetime) -> dict[str, Any]:
 JOBS_BY_NAME: dict[str, PeriodicJob] = {j.name: j for j in (
     PeriodicJob("health_check", "*/15 * * * *", health_check, "every service, Postgres and Redis; notifies changes"),
     PeriodicJob("slo_report", "0 7 * * *", slo_report, "the daily SLO report to Slack and/or e-mail"),
-    PeriodicJob("burn_rate_watch", "*/5 * * * *", burn_rate_watch, "notifies when the 2 h burn rate exceeds 30x"),
+    PeriodicJob("burn_rate_watch", "*/5 * * * *", burn_rate_watch,
+                "notifies multiwindow page burns (14.4x 1h+5m, 6x 6h+30m) and 2 h burns over 30x"),
     PeriodicJob("audit_retention", "30 3 * * *", audit_retention, "cuts audit events past each tenant's retention"),
     PeriodicJob("audit_verify", "0 4 * * *", audit_verify, "verifies every tenant's chain and its checkpoints"),
     PeriodicJob("tenant_purge", "0 * * * *", tenant_purge, "purges tenants past their deletion grace period"),

@@ -60,6 +60,7 @@ __all__ = [
     "BURN_THRESHOLD",
     "OBJECTIVE",
     "OVERALL",
+    "PAGE_WINDOWS",
     "POLICY_MEANING",
     "QUERY",
     "SERIES",
@@ -68,12 +69,16 @@ __all__ = [
     "ServiceSlo",
     "SloQueryError",
     "SloSnapshot",
+    "WindowBurn",
     "budget_policy",
     "burn_alerts",
     "burn_message",
     "fetch",
+    "fetch_windows",
     "instant_query",
+    "multiwindow_alerts",
     "report",
+    "window_message",
 ]
 
 #: The SLO: 99.9 % of requests succeed over a 30-day window.
@@ -382,6 +387,61 @@ def burn_alerts(snapshot: SloSnapshot, *, threshold: float = BURN_THRESHOLD) -> 
         for name, slo in snapshot.services.items()
         if slo.burn_2h is not None and slo.burn_2h > threshold
     ]
+
+
+#: The page pairs of ``alerts/slo.yaml`` (``burn_windows``; a test keeps them equal): the
+#: availability SLI's error ratio must exceed factor x (1 - objective) over both windows.
+PAGE_WINDOWS: Final = (("page-fast", 14.4, "1h", "5m"), ("page-slow", 6.0, "6h", "30m"))
+WINDOW_QUERY: Final = '{__name__=~"slo:sli_error:ratio_rate(5m|30m|1h|6h)",sloth_slo="availability"}'
+
+
+@dataclass(frozen=True)
+class WindowBurn:
+    """A service burning its budget fast enough over both windows of a page pair."""
+
+    service: str
+    pair: str
+    factor: float
+    long_burn: float
+    short_burn: float
+
+
+async def fetch_windows(prometheus_url: str, *, at: datetime, client: httpx.AsyncClient | None = None,
+                        timeout: float = 10.0) -> dict[str, dict[str, float]]:  # noqa: ASYNC109
+    """The availability SLI error ratios per service and window (``"1h"``, ``"5m"``, ...) at ``at``."""
+    result = await instant_query(prometheus_url, WINDOW_QUERY, at=at, client=client, timeout=timeout)
+    out: dict[str, dict[str, float]] = {}
+    for sample in result:
+        labels = sample.get("metric", {})
+        value = _value(sample.get("value"))
+        service = labels.get("sloth_service") or labels.get("service")
+        if value is None or not service:
+            continue
+        window = str(labels.get("__name__", "")).removeprefix("slo:sli_error:ratio_rate")
+        out.setdefault(str(service), {})[window] = value
+    return out
+
+
+def multiwindow_alerts(windows: Mapping[str, Mapping[str, float]], *,
+                       objective: float = OBJECTIVE) -> list[WindowBurn]:
+    """The generated page rules, evaluated here for the notification: a pair fires when both its
+    long and short window burn faster than its factor (a past spike alone does not page)."""
+    budget = 1 - objective
+    alerts = []
+    for service in sorted(windows, key=lambda s: (s == OVERALL, s)):
+        ratios = windows[service]
+        for pair, factor, long, short in PAGE_WINDOWS:
+            if long in ratios and short in ratios and min(ratios[long], ratios[short]) > factor * budget:
+                alerts.append(WindowBurn(service, pair, factor, ratios[long] / budget, ratios[short] / budget))
+    return alerts
+
+
+def window_message(alerts: Sequence[WindowBurn]) -> Message:
+    lines = [f"{display_name(a.service)}: {a.pair} ({a.factor:g}x): burning at {a.long_burn:.1f}x over the long "
+             f"window and {a.short_burn:.1f}x over the short one" for a in alerts]
+    return Message(subject="Sentinel SLO: error budget burning fast in "
+                           + ", ".join(dict.fromkeys(display_name(a.service) for a in alerts)),
+                   text="\n".join(lines), severity="critical")
 
 
 def burn_message(alerts: Sequence[BurnAlert], threshold: float = BURN_THRESHOLD) -> Message:
