@@ -169,7 +169,7 @@ async def test_the_burn_rate_watch_speaks_only_above_30x(world: World, stack: An
     # The multiwindow pages (both windows over the factor; tenant's spike is over) and the 2 h > 30x rule.
     assert (await runs_of("burn_rate_watch"))[-1].result == {"alerts": ["user", "all"],
                                                              "multiwindow": ["user page-fast", "all page-slow"]}
-    assert [r.body["text"] for r in webhook.requests][0].startswith("Sentinel SLO: error budget burning fast in")
+    assert webhook.requests[0].body["text"].startswith("Sentinel SLO: error budget burning fast in")
     assert len(webhook.requests) == 2
     assert {r.body["attachments"][0]["color"] for r in webhook.requests} == {"#a30200"}
 
