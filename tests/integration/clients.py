@@ -86,3 +86,16 @@ async def status_of(call: Any) -> grpc.StatusCode:
     except grpc.aio.AioRpcError as err:
         return err.code()
     return grpc.StatusCode.OK
+
+
+async def sentinel_cli(stack: Any, *args: str, **env: str) -> tuple[int, str]:
+    """Run ``python -m sentinel ARGS`` against the stack's database (and ``env``): exit code, output."""
+    import asyncio
+    import os
+    import sys
+
+    full_env = {**os.environ, "SENTINEL_DATABASE_URL": stack.app_url, **env}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "sentinel", *args, env=full_env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from sentinel.common.v1 import common_pb2
 from sentinel.devstack.stack import Stack, temporary_stack
@@ -138,6 +139,22 @@ async def make_tenant(channels: dict[str, grpc.aio.Channel], admin: Principal, n
     t.invitation_id = invitation.invitation.id
     t.audit_base = await audit_head(t.id)  # the set-up's own events are in the chain before the test starts
     return t
+
+
+@pytest.fixture(scope="module")
+def http(stack: Stack) -> Iterator[httpx.Client]:
+    """REST through Envoy (the stack's edge)."""
+    with httpx.Client(base_url=stack.rest_url, timeout=15) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def admin_headers(http: httpx.Client, stack: Stack) -> dict[str, str]:
+    """The platform administrator's bearer token, logged in over REST."""
+    r = http.post("/api/v1/auth/login", json={"tenant": "platform", "email": stack.admin_email,
+                                              "password": stack.admin_password})
+    assert r.status_code == 200, r.text
+    return {"authorization": f"Bearer {r.json()['access_token']}"}
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from sentinel.tenant.v1 import tenant_pb2
 from sentinel.tenant.v1 import tenant_service_pb2 as tsp
 from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
 
+from tests.integration.clients import sentinel_cli
 from tests.integration.conftest import World, append_audit_event, audit_settled, bare_tenant
 
 pytestmark = pytest.mark.integration
@@ -43,14 +42,6 @@ async def chain_of(tenant_id: str) -> list[dict[str, Any]]:
     return [e async for page in store.events(uuid.UUID(tenant_id)) for e in page]
 
 
-async def cli(stack: Any, *args: str) -> tuple[int, str]:
-    env = {**os.environ, "SENTINEL_DATABASE_URL": stack.app_url}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "sentinel", *args, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode()
-
-
 async def test_retention_cuts_at_a_checkpoint_and_the_rest_still_verifies(world: World, stack: Any,
                                                                           tmp_path: Path) -> None:
     tenant_id, slug = await bare_tenant("ret")  # its chain starts with the old events below
@@ -62,7 +53,7 @@ async def test_retention_cuts_at_a_checkpoint_and_the_rest_still_verifies(world:
         await append_audit_event(tenant_id, action=f"new.{i}")
     await checkpoint_at(tenant_id, 13)
 
-    code, out = await cli(stack, "admin", "audit-retention", "--batch", "4")  # several batches
+    code, out = await sentinel_cli(stack, "admin", "audit-retention", "--batch", "4")  # several batches
     assert code == 0 and f"{tenant_id}: the chain now starts after the checkpoint at 10" in out, out
     await audit_settled()
     events = await chain_of(tenant_id)
@@ -76,13 +67,13 @@ async def test_retention_cuts_at_a_checkpoint_and_the_rest_still_verifies(world:
                                                 metadata=world.admin.metadata)
     assert reply.valid and reply.events_checked == 6, reply
     # ... and so does the offline verifier, from an export that carries it.
-    code, out = await cli(stack, "audit", "export", "--tenant", slug, "-o", str(tmp_path / "e.ndjson"))
+    code, out = await sentinel_cli(stack, "audit", "export", "--tenant", slug, "-o", str(tmp_path / "e.ndjson"))
     assert code == 0, out
     key = sorted((stack.audit_keys_dir / "public").glob("*.pub.pem"))[-1]
-    code, out = await cli(stack, "audit", "verify", str(tmp_path / "e.ndjson"), "--public-key", str(key))
+    code, out = await sentinel_cli(stack, "audit", "verify", str(tmp_path / "e.ndjson"), "--public-key", str(key))
     assert code == 0 and "OK: " in out and "signed checkpoint(s) matched" in out, out
     # A second run finds nothing more to cut; recent events are never cut.
-    code, out = await cli(stack, "admin", "audit-retention")
+    code, out = await sentinel_cli(stack, "admin", "audit-retention")
     assert code == 0 and tenant_id not in out
 
 
@@ -97,13 +88,13 @@ async def test_retention_is_per_tenant_with_a_floor(world: World, stack: Any) ->
     updated = (await tenants.UpdateTenant(tsp.UpdateTenantRequest(
         tenant=tenant_pb2.Tenant(id=tenant_id, audit_retention_days=120)), metadata=world.admin.metadata)).tenant
     assert updated.audit_retention_days == 120
-    code, out = await cli(stack, "admin", "audit-retention")
+    code, out = await sentinel_cli(stack, "admin", "audit-retention")
     assert code == 0 and tenant_id not in out
     assert [e["action"] for e in await chain_of(tenant_id)][:3] == ["mid.0", "mid.1", "mid.2"]
     # ... and cut once the tenant lowers its retention to the 90-day floor ...
     await tenants.UpdateTenant(tsp.UpdateTenantRequest(tenant=tenant_pb2.Tenant(
         id=tenant_id, audit_retention_days=90)), metadata=world.admin.metadata)
-    code, out = await cli(stack, "admin", "audit-retention")
+    code, out = await sentinel_cli(stack, "admin", "audit-retention")
     assert code == 0 and f"{tenant_id}: the chain now starts after the checkpoint at 3" in out, out
     assert "mid.0" not in [e["action"] for e in await chain_of(tenant_id)]
     # ... which is as low as it goes.

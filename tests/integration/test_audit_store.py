@@ -4,7 +4,6 @@ appends, tampering by the owner found by verification, exports verified offline.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from sentinel.audit import store
 from sentinel.platform import db
 
+from tests.integration.clients import sentinel_cli
 from tests.integration.conftest import World, bare_tenant
 
 pytestmark = pytest.mark.integration
@@ -112,14 +112,6 @@ async def test_verification_finds_tampering_by_the_owner(world: World, stack: An
     verdict = await store.verify_tenant(tenant)
     assert not verdict.ok and verdict.broken_sequence == first_broken, verdict
     assert verdict.checked == first_broken - 1
-
-
-async def sentinel_cli(stack: Any, *args: str) -> tuple[int, str]:
-    env = {**os.environ, "SENTINEL_DATABASE_URL": stack.app_url}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "sentinel", *args, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode()
 
 
 async def test_an_export_verifies_offline_and_an_edited_one_does_not(world: World, stack: Any, audit_db: None,

@@ -6,7 +6,6 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,16 +17,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def http(stack: Any) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.rest_url, timeout=15) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def admin(http: httpx.Client, stack: Any) -> dict[str, str]:
-    r = http.post("/api/v1/auth/login", json={"tenant": "platform", "email": stack.admin_email,
-                                              "password": stack.admin_password})
-    return {"authorization": f"Bearer {r.json()['access_token']}"}
+def admin(admin_headers: dict[str, str]) -> dict[str, str]:
+    """The platform administrator's headers (conftest's ``admin_headers``), by a shorter name."""
+    return admin_headers
 
 
 def snapshot(http: httpx.Client, admin: dict[str, str]) -> str:

@@ -28,7 +28,6 @@ import collections
 import copy
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,20 +70,6 @@ REAL_RESOURCE_EXAMPLES = 8
 #: this one gets past validation to the lookup (404), with the other parameters fuzzed.
 ABSENT_ID = "5f0c8a4e-9a3b-4c1d-8e2f-6b7a9d0c1e23"
 BUDGET_SECONDS = 60.0
-
-
-@pytest.fixture(scope="module")
-def http(stack: Any) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.rest_url, timeout=15) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def admin_headers(http: httpx.Client, stack: Any) -> dict[str, str]:
-    r = http.post("/api/v1/auth/login", json={"tenant": "platform", "email": stack.admin_email,
-                                              "password": stack.admin_password})
-    assert r.status_code == 200, r.text
-    return {"authorization": f"Bearer {r.json()['access_token']}"}
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,6 +26,7 @@ from sentinel.scheduler.v1 import scheduler_service_pb2 as ssp
 from sentinel.scheduler.v1 import scheduler_service_pb2_grpc as ssg
 from sqlalchemy import func, select, text
 
+from tests.integration.clients import sentinel_cli
 from tests.integration.conftest import PERIODIC_JOBS, World, audit_settled
 from tests.integration.test_notify import SmtpServer, WebhookServer, start_smtp
 from tests.integration.test_slo_report import CRITICAL, HEALTHY, Prometheus, _start, _tools, blocks  # noqa: F401
@@ -279,13 +278,8 @@ async def test_platform_admins_run_and_list_periodic_jobs(world: World) -> None:
 
 
 async def test_operators_cli(world: World, stack: Any) -> None:
-    env = {**os.environ, "SENTINEL_DATABASE_URL": stack.app_url, "SENTINEL_REDIS_URL": stack.redis_url}
-
     async def cli(*args: str) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "sentinel", "jobs", *args, env=env,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-        return proc.returncode or 0, out.decode()
+        return await sentinel_cli(stack, "jobs", *args, SENTINEL_REDIS_URL=stack.redis_url)
 
     code, out = await cli("run-now", "cleanup")
     assert code == 0 and out.startswith("cleanup: succeeded"), out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -12,20 +11,6 @@ import pytest
 pytestmark = pytest.mark.integration
 
 OWNER_PASSWORD = "owner password 123"
-
-
-@pytest.fixture(scope="module")
-def http(stack: Any) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.rest_url, timeout=15) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def admin_headers(http: httpx.Client, stack: Any) -> dict[str, str]:
-    r = http.post("/api/v1/auth/login", json={"tenant": "platform", "email": stack.admin_email,
-                                              "password": stack.admin_password})
-    assert r.status_code == 200, r.text
-    return {"authorization": f"Bearer {r.json()['access_token']}"}
 
 
 def test_health_is_public_and_reports_every_service(http: httpx.Client) -> None:

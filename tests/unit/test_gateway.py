@@ -295,26 +295,36 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
     )
     conf = tmp / "envoy.yaml"
     conf.write_text(gw.render_yaml(cfg))
+    gateway = Gateway(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", key, tmp / "access.log")
+    try:
+        async with running_envoy(envoy, conf, tmp, gateway.base_url, gateway.bearer(sign(key))):
+            yield gateway
+    finally:
+        await server.stop(grace=None)
+
+
+@contextlib.asynccontextmanager
+async def running_envoy(envoy: str, conf: Path, tmp: Path, base_url: str,
+                        headers: dict[str, str]) -> AsyncIterator[None]:
+    """Envoy on ``conf`` for the block. Ready = listener up AND the self-served JWKS fetched (a
+    request with a valid token passes)."""
     log = (tmp / "envoy.log").open("w")
     proc = await asyncio.create_subprocess_exec(envoy, *gw.envoy_args(conf, log_level="warn"),
                                                 stdout=log, stderr=subprocess.STDOUT)
-    gateway = Gateway(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", key, tmp / "access.log")
     try:
         async with httpx.AsyncClient(timeout=2) as client:
             deadline = time.monotonic() + 15
-            # Ready = listener up AND the self-served JWKS fetched (a valid token passes).
             while True:
                 if proc.returncode is not None:
                     raise AssertionError(f"envoy exited {proc.returncode}: {(tmp / 'envoy.log').read_text()}")
                 with contextlib.suppress(httpx.HTTPError):
-                    r = await client.get(f"{gateway.base_url}/api/v1/tenants/{KNOWN_TENANT}",
-                                         headers=gateway.bearer(sign(key)))
+                    r = await client.get(f"{base_url}/api/v1/tenants/{KNOWN_TENANT}", headers=headers)
                     if r.status_code == 200:
                         break
                 if time.monotonic() > deadline:
                     raise AssertionError(f"gateway not ready: {(tmp / 'envoy.log').read_text()}")
                 await asyncio.sleep(0.1)
-        yield gateway
+        yield
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -324,7 +334,6 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
                 proc.kill()
                 await proc.wait()
         log.close()
-        await server.stop(grace=None)
 
 
 @pytest.fixture

@@ -8,14 +8,11 @@ server stream (NDJSON).
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import re
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,7 +34,7 @@ from sentinel.tenant.v1 import tenant_service_pb2_grpc
 from sentinel.user.v1 import user_service_pb2_grpc
 
 from tests.support import envoy_binary, free_port
-from tests.unit.test_gateway import KNOWN_TENANT, FakeAuth, FakeTenants, sign
+from tests.unit.test_gateway import KNOWN_TENANT, FakeAuth, FakeTenants, running_envoy, sign
 
 SCHEMAS = "#/components/schemas/"
 
@@ -412,33 +409,11 @@ async def docs_gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
                            docs_dir=docs_dir)
     conf = tmp / "envoy.yaml"
     conf.write_text(gw.render_yaml(cfg))
-    log = (tmp / "envoy.log").open("w")
-    proc = await asyncio.create_subprocess_exec(envoy, *gw.envoy_args(conf, log_level="warn"),
-                                                stdout=log, stderr=subprocess.STDOUT)
     gateway = DocsGateway(f"http://127.0.0.1:{port}", key, docs_dir)
     try:
-        async with httpx.AsyncClient(timeout=2) as client:
-            deadline = time.monotonic() + 15
-            while True:  # listener up and the self-served JWKS fetched
-                if proc.returncode is not None:
-                    raise AssertionError(f"envoy exited {proc.returncode}: {(tmp / 'envoy.log').read_text()}")
-                with contextlib.suppress(httpx.HTTPError):
-                    r = await client.get(f"{gateway.base_url}/api/v1/tenants/{KNOWN_TENANT}", headers=gateway.bearer())
-                    if r.status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"gateway not ready: {(tmp / 'envoy.log').read_text()}")
-                await asyncio.sleep(0.1)
-        yield gateway
+        async with running_envoy(envoy, conf, tmp, gateway.base_url, gateway.bearer()):
+            yield gateway
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=5)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        log.close()
         await server.stop(grace=None)
 
 

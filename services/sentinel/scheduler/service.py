@@ -161,7 +161,6 @@ class SchedulerApi(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             raise NotFound(f"no periodic job '{request.name}' (known: {', '.join(periodic.JOBS_BY_NAME)})",
                            reason="PERIODIC_JOB_NOT_FOUND")
         run_id = await periodic.start_manual(request.name)
-        queue.huey_for(self.settings)
         await asyncio.to_thread(queue.enqueue_periodic, request.name, run_id)
         return pb.RunPeriodicJobResponse(job_run_id=str(run_id))
 
