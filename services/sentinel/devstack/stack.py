@@ -75,7 +75,7 @@ class Ports:
     @classmethod
     def free(cls) -> Ports:
         return cls(free_port(), free_port(), free_port(), free_port(),
-                   {n: free_port() for n in SERVICES}, {n: free_port() for n in SERVICES}, free_port())
+                   {n: free_port() for n in DEFAULT_PORTS}, {n: free_port() for n in DEFAULT_PORTS}, free_port())
 
 
 @dataclass

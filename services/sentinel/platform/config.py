@@ -24,6 +24,8 @@ DEFAULT_PORTS: dict[str, tuple[int, int]] = {
     "user": (50052, 9102),
     "audit": (50053, 9103),
     "scheduler": (50054, 9104),
+    # Envoy's global rate-limit service (envoy.service.ratelimit.v3), not a Sentinel contract.
+    "ratelimit": (50055, 9106),
 }
 
 
