@@ -295,6 +295,28 @@ def _gateway_render(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway_check(ns: argparse.Namespace) -> int:
+    """Strict structural check (xds-protos) of Envoy bootstrap files; 1 if any fails."""
+    import json
+
+    import yaml
+
+    from sentinel.gateway import schema
+
+    failed = False
+    for path in ns.files:
+        try:
+            text = path.read_text()
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            schema.check(data)
+        except (OSError, ValueError, yaml.YAMLError) as e:  # SchemaError and JSONDecodeError are ValueErrors
+            failed = True
+            print(f"{path}: {e}", file=sys.stderr)
+        else:
+            print(f"{path}: OK")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sentinel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -370,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-descriptor-set", action="store_true",
                    help="also (re)write the descriptor set file the transcoder loads")
     p.set_defaults(func=_gateway_render)
+    p = gateway.add_parser("check", help="strictly check Envoy bootstrap files (YAML/JSON) against the v3 API protos")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.set_defaults(func=_gateway_check)
 
     from sentinel.devstack import up
 
