@@ -18,6 +18,13 @@ def _serve(ns: argparse.Namespace) -> int:
     return run_service(ns.service)
 
 
+def _ratelimit(ns: argparse.Namespace) -> int:
+    os.environ["SENTINEL_SERVICE"] = "ratelimit"  # its default ports (50055, metrics 9106)
+    from sentinel.ratelimit.server import run
+
+    return run()
+
+
 def _worker(ns: argparse.Namespace) -> int:
     from sentinel.platform import logging as json_logging
     from sentinel.platform import metrics
@@ -324,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run one gRPC service in the foreground")
     p.add_argument("service", choices=SERVICES)
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("ratelimit", help="run the edge rate-limit service (Envoy's global rate-limit API, on Redis)")
+    p.set_defaults(func=_ratelimit)
 
     p = sub.add_parser("worker", help="run the job consumer (huey on Redis) with the periodic scheduler")
     p.set_defaults(func=_worker)

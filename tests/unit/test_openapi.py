@@ -425,8 +425,10 @@ async def http(docs_gateway: DocsGateway) -> AsyncIterator[httpx.AsyncClient]:
 
 def _common_headers(r: httpx.Response) -> None:
     for name in ("x-content-type-options", "x-frame-options", "referrer-policy", "cache-control",
-                 "strict-transport-security"):
+                 "permissions-policy"):
         assert r.headers[name] == gw.SECURITY_HEADERS[name], name
+    # Plain HTTP: no HSTS (RFC 6797 §7.2); the TLS tests check it over HTTPS.
+    assert "strict-transport-security" not in r.headers
     assert "server" not in r.headers and r.headers["x-request-id"]
 
 

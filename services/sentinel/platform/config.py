@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     plan_max_api_keys: dict[str, int] = Field(default_factory=lambda: {"free": 5, "standard": 100,
                                                                        "enterprise": 10_000})
 
+    # --- edge rate limits (the rate-limit service): overrides merged over
+    # sentinel.ratelimit.rules.DEFAULT_RATE_LIMITS (JSON, e.g. {"tenant": {"free": {"write": "300/minute"}}})
+    rate_limits: dict[str, Any] = Field(default_factory=dict)
+    # How long a tenant's plan and a resolved API key are reused before they are read again.
+    rate_limit_cache_seconds: float = Field(default=30.0, ge=0)
+
     # --- invitations: how long an invitation token stays valid (and again after each resend)
     invitation_ttl_hours: float = Field(default=72.0, gt=0)
 

@@ -1,0 +1,1 @@
+"""Edge rate limiting: Envoy's global rate-limit service, backed by Redis."""
