@@ -20,6 +20,7 @@ from sentinel.gateway import openapi, schema
 from sentinel.gateway.envoy import GatewayConfig
 
 from tests.support import envoy_binary
+from tests.unit.test_gateway_edge import self_signed
 
 REPO = Path(__file__).resolve().parents[2]
 DEV_YAML = REPO / "gateway" / "envoy.dev.yaml"
@@ -32,7 +33,8 @@ def config_variants(tmp_path: Path) -> dict[str, GatewayConfig]:
     dev = gw.dev_config()
     return {
         # dev_config() with its repo-relative files moved to tmp_path.
-        "dev": GatewayConfig(upstreams=dev.upstreams, descriptor_set_path=pb, docs_dir=docs),
+        "dev": GatewayConfig(upstreams=dev.upstreams, descriptor_set_path=pb, docs_dir=docs,
+                             ratelimit_address=dev.ratelimit_address),
         "minimal": GatewayConfig(upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=pb),
         "cors": GatewayConfig(upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=pb,
                               cors_allowed_origins=("http://localhost:5173", "https://app.example.com")),
@@ -41,6 +43,14 @@ def config_variants(tmp_path: Path) -> dict[str, GatewayConfig]:
                                        descriptor_set_path=pb, listen_host="0.0.0.0", listen_port=8443),
         "https_jwks": GatewayConfig(upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=pb,
                                     jwks_uri="https://id.example.com/.well-known/jwks.json"),
+        "ratelimit": GatewayConfig(upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=pb,
+                                   ratelimit_address="ratelimit.internal:50055"),
+        # Everything on: TLS (+ redirect), rate limits, CORS with credentials, docs.
+        "tls_everything": GatewayConfig(
+            upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=pb, docs_dir=docs, tls_port=8443,
+            tls_cert_file=tmp_path / "tls" / "edge.crt", tls_key_file=tmp_path / "tls" / "edge.key",
+            ratelimit_address=gw.DEV_RATELIMIT_ADDRESS, cors_allowed_origins=("https://app.example.com",),
+            cors_allow_credentials=True),
     }
 
 
@@ -48,6 +58,8 @@ def write_variant_files(tmp_path: Path) -> None:
     """The files :func:`config_variants` names: the descriptor set and the docs."""
     gw.write_descriptor_set(tmp_path / "sentinel.pb")
     openapi.write_docs(tmp_path / "docs")
+    (tmp_path / "tls").mkdir(exist_ok=True)
+    self_signed(tmp_path / "tls")
 
 
 VARIANTS = sorted(config_variants(Path("variants")))
@@ -66,6 +78,8 @@ def test_variants_cover_the_optional_features(tmp_path: Path) -> None:
     assert any(c.cors_allowed_origins for c in variants.values())
     assert any(c.docs_dir for c in variants.values())
     assert any(c.jwks_uri.startswith("https://") for c in variants.values())
+    assert any(c.tls_enabled for c in variants.values())
+    assert any(c.ratelimit_address for c in variants.values())
     types = {c["type"] for v in variants.values() for c in gw.render(v)["static_resources"]["clusters"]}
     assert types == {"STATIC", "STRICT_DNS"}
 

@@ -1,8 +1,8 @@
 """Counting in Redis and deciding: the core of the rate-limit service, free of gRPC.
 
 Fixed windows (as Envoy's reference ``envoyproxy/ratelimit`` does): one Redis counter per
-(tier, subject, class, window), incremented for every request of that window and expiring
-with it. All counters of a request go to Redis in one round trip (a Lua script), so the
+(tier, subject, class, window), incremented for every admitted request of that window and
+expiring with it. All counters of a request go to Redis in one round trip (a Lua script), so the
 decision is atomic per counter and holds across any number of Envoy and service instances:
 they all count in the same Redis.
 """
@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from sentinel.platform.auth import PLATFORM_TENANT_ID
 from sentinel.ratelimit.rules import FALLBACK_PLAN, Limit, Rules, class_of
 
 log = logging.getLogger("sentinel.ratelimit")
@@ -33,16 +36,38 @@ ERRORS = Counter("sentinel_ratelimit_errors", "Decisions that failed open (Redis
 DECISION_SECONDS = Histogram("sentinel_ratelimit_decision_seconds", "Time to decide one request.",
                              buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1))
 
-# INCR every counter; the first increment of a window sets its expiry. Returns the counts.
-_INCR = """
-local out = {}
+# All or nothing: a request is counted only where every counter it touches has room, so a
+# refused request consumes no budget (one principal over its own limit does not eat its
+# tenant's). Returns, per counter, the count with this request: above the limit = refused.
+# KEYS: counters; ARGV: hits, then the limits, then the window lengths (expiry).
+_COUNT = """
+local hits = tonumber(ARGV[1])
+local n = #KEYS
+local counts = {}
+local room = true
 for i, key in ipairs(KEYS) do
-  local n = redis.call('INCRBY', key, ARGV[1])
-  if n == tonumber(ARGV[1]) then redis.call('EXPIRE', key, ARGV[i + 1]) end
-  out[i] = n
+  counts[i] = tonumber(redis.call('GET', key) or '0') + hits
+  if counts[i] > tonumber(ARGV[1 + i]) then room = false end
 end
-return out
+if room then
+  for i, key in ipairs(KEYS) do
+    counts[i] = redis.call('INCRBY', key, hits)
+    if counts[i] == hits then redis.call('EXPIRE', key, ARGV[1 + n + i]) end
+  end
+end
+return counts
 """
+
+#: After a Redis failure, decide without Redis (fail open at once) for this long, so a dead
+#: Redis costs each request nothing instead of a connection attempt.
+REDIS_BACKOFF_SECONDS = 1.0
+
+
+def redis_client(url: str) -> Redis:
+    """Short timeouts and no retries: Envoy gives a decision 100 ms, then lets the request pass."""
+    return Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25, retry=Retry(NoBackoff(), 0),
+                          health_check_interval=30)
+
 
 #: A credential the edge forwarded, resolved to (tenant id, principal id); None: not valid.
 Resolve = Callable[[str], Awaitable[tuple[uuid.UUID, str] | None]]
@@ -131,6 +156,12 @@ class _Check:
     descriptor: int
 
 
+def _bare_key(value: str) -> str:
+    """``Bearer snt_…`` (any case, as RFC 7235 allows) or a bare ``x-api-key`` value → the key."""
+    scheme, _, rest = value.strip().partition(" ")
+    return rest.strip() if rest and scheme.lower() == "bearer" else value.strip()
+
+
 class Limiter:
     """Turns Envoy's descriptors into counters, counts them in Redis, decides."""
 
@@ -141,7 +172,8 @@ class Limiter:
         self._plans = TtlCache(cache_seconds)
         self._credentials = TtlCache(cache_seconds)
         self.prefix = key_prefix
-        self._incr = redis.register_script(_INCR)
+        self._count = redis.register_script(_COUNT)
+        self._redis_down_until = 0.0
 
     async def plan(self, tenant_id: uuid.UUID) -> str:
         found, plan = self._plans.get(tenant_id)
@@ -193,11 +225,15 @@ class Limiter:
                     continue  # Envoy verified the token; a token without a tenant is not ours to count
                 principal = "u:" + entries.get("subject", "")
             elif tier == "api_key":
-                who = await self.credential(entries.get("credential", "").removeprefix("Bearer ").strip())
+                who = await self.credential(_bare_key(entries.get("credential", "")))
                 if who is None:  # not a valid key: the service refuses it; the address tier counted it
                     continue
                 tenant, principal = who[0], "k:" + who[1]
             else:
+                continue
+            if tenant == PLATFORM_TENANT_ID:
+                # Operators must be able to act during an incident, whatever the tenants' limits
+                # are set to; they are few, every call is audited, and the address tier applies.
                 continue
             plan = await self.plan(tenant)
             add(index, "tenant", klass, str(tenant), plan)
@@ -208,17 +244,24 @@ class Limiter:
         started = time.perf_counter()
         now = time.time()
         decision = Decision(per_descriptor=[None] * len(descriptors))
+        if time.monotonic() < self._redis_down_until:
+            ERRORS.labels("redis_backoff").inc()
+            decision.failed_open = True
+            return decision
         try:
             checks = await self._checks(descriptors, now)
             if not checks:
                 return decision
+            limits = [c.limit.requests for c in checks]
             ttls = [c.limit.seconds + 1 for c in checks]
-            counts = await self._incr(keys=[c.key for c in checks], args=[max(hits, 1), *ttls])
+            counts = await self._count(keys=[c.key for c in checks], args=[max(hits, 1), *limits, *ttls])
         except RedisError as err:
             # Fail open: an unreachable Redis must not take the API down. The services' own
             # login throttle still guards credentials; the error counter pages (alerts/).
             ERRORS.labels("redis").inc()
-            log.warning("rate-limit decision failed open", extra={"error": str(err)})
+            self._redis_down_until = time.monotonic() + REDIS_BACKOFF_SECONDS
+            log.warning("rate-limit decisions fail open for %.0f s", REDIS_BACKOFF_SECONDS,
+                        extra={"error": str(err)})
             decision.failed_open = True
             return decision
         finally:

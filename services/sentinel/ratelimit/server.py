@@ -24,12 +24,12 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy import text
 
-from sentinel.platform import apikeys, db, kv, metrics
+from sentinel.platform import apikeys, db, metrics
 from sentinel.platform import logging as json_logging
 from sentinel.platform.config import Settings, get_settings
 from sentinel.platform.errors import SentinelError
 from sentinel.ratelimit import rules
-from sentinel.ratelimit.limiter import Decision, Limiter
+from sentinel.ratelimit.limiter import Decision, Limiter, redis_client
 
 log = logging.getLogger("sentinel.ratelimit")
 NAME = "ratelimit"
@@ -42,7 +42,8 @@ OK, OVER = rls_pb2.RateLimitResponse.OK, rls_pb2.RateLimitResponse.OVER_LIMIT
 
 
 async def plan_of(tenant_id: uuid.UUID) -> str | None:
-    async with db.unit_of_work(platform=True) as session:
+    # Bound to the tenant itself (its own row is all RLS shows): no platform scope needed.
+    async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
         plan = (await session.execute(_PLAN, {"id": tenant_id})).scalar_one_or_none()
     return None if plan is None else str(plan)
 
@@ -86,9 +87,10 @@ class RateLimitApi(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
 
 async def serve(settings: Settings) -> None:
     limits = rules.load(settings.rate_limits)  # a bad configuration stops the start, naming the key
-    redis = kv.client(settings)
-    if redis is None:
+    url = settings.redis_url.get_secret_value()
+    if not url:
         raise RuntimeError("SENTINEL_REDIS_URL (or _FILE) is not set: the rate-limit service counts in Redis")
+    redis = redis_client(url)
     db.init(settings)
     limiter = Limiter(limits, redis, plan_of=plan_of, resolve=resolve_api_key,
                       cache_seconds=settings.rate_limit_cache_seconds)
@@ -112,7 +114,7 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=5)
-    await kv.close()
+    await redis.aclose()
     await db.dispose()
     log.info("stopped")
 

@@ -1,0 +1,314 @@
+"""Edge rate limits through the real Envoy, rate-limit service and Redis.
+
+The suite's own address (127.0.0.1) is exempt and only the enterprise plan has reachable
+limits in the test stack (conftest.RATE_LIMITS, daily windows), so each test here calls from
+a loopback address of its own (127.x.y.z) and/or uses a fresh enterprise tenant: no test can
+eat another's budget, and a burst never straddles a window boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import yaml
+from sentinel.devstack.stack import Stack, free_port
+from sentinel.gateway import envoy as gw
+from sentinel.platform import apikeys
+from sentinel.user.v1 import user_service_pb2 as usp
+from sentinel.user.v1 import user_service_pb2_grpc as usg
+
+from tests.integration.conftest import PASSWORD, RATE_LIMITS
+
+pytestmark = pytest.mark.integration
+
+
+def limit(tier: str, klass: str, plan: str = "enterprise") -> int:
+    value = RATE_LIMITS[tier][klass] if tier == "ip" else RATE_LIMITS[tier][plan][klass]  # type: ignore[index]
+    return int(str(value).split("/")[0])
+
+
+def own_address() -> str:
+    """A loopback address no other test uses (Linux routes all of 127/8 to lo)."""
+    return f"127.{random.randrange(1, 255)}.{random.randrange(256)}.{random.randrange(2, 255)}"
+
+
+@contextlib.contextmanager
+def client(base_url: str, address: str = "127.0.0.1") -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=10,
+                      transport=httpx.HTTPTransport(local_address=address)) as c:
+        yield c
+
+
+def until_refused(call: Callable[[], httpx.Response], most: int) -> list[httpx.Response]:
+    """Call until the first 429 (included) or ``most`` calls."""
+    out: list[httpx.Response] = []
+    while len(out) < most:
+        out.append(call())
+        if out[-1].status_code == 429:
+            break
+    return out
+
+
+def assert_refused_by_edge(r: httpx.Response, limit_value: int) -> None:
+    assert r.status_code == 429, r.text
+    body = r.json()
+    assert body["code"] == 8 and "Retry-After" in body["message"], body
+    assert body["request_id"] == r.headers["x-request-id"]
+    assert r.headers["ratelimit-limit"] == str(limit_value)
+    assert r.headers["ratelimit-remaining"] == "0"
+    assert r.headers["retry-after"] == r.headers["ratelimit-reset"]
+    assert 1 <= int(r.headers["retry-after"]) <= 86400
+    assert r.headers["ratelimit-policy"] == f"{limit_value};w=86400"
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store"
+    for leaked in ("grpc-status", "grpc-message", "x-envoy-ratelimited", "server"):
+        assert leaked not in r.headers, leaked
+
+
+class Enterprise:
+    """A fresh enterprise-plan tenant with ``n`` members, each logged in over REST."""
+
+    def __init__(self, stack: Stack, admin: dict[str, str], n: int) -> None:
+        self.stack, self.admin = stack, admin
+        with client(stack.rest_url) as c:
+            slug = f"ent-{uuid.uuid4().hex[:8]}"
+            r = c.post("/api/v1/tenants", headers=admin, json={
+                "slug": slug, "display_name": "Enterprise", "plan": "TENANT_PLAN_ENTERPRISE"})
+            assert r.status_code == 200, r.text
+            self.id, self.slug = r.json()["tenant"]["id"], slug
+            self.tokens: list[str] = []
+            for i in range(n):
+                email = f"u{i}@{slug}.example.com"
+                r = c.post("/api/v1/users", headers=admin, json={
+                    "tenant_id": self.id, "email": email, "password": PASSWORD,
+                    "role": "ROLE_OWNER" if i == 0 else "ROLE_MEMBER"})
+                assert r.status_code == 200, r.text
+                r = c.post("/api/v1/auth/login", json={"tenant": slug, "email": email, "password": PASSWORD})
+                assert r.status_code == 200, r.text
+                self.tokens.append(r.json()["access_token"])
+
+    def headers(self, i: int) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.tokens[i]}"}
+
+    def set_plan(self, plan: str) -> None:
+        with client(self.stack.rest_url) as c:
+            r = c.patch(f"/api/v1/tenants/{self.id}", headers=self.admin, json={"plan": plan},
+                        params={"update_mask": "plan"})
+            assert r.status_code == 200, r.text
+
+
+def metric(stack: Stack, name: str, **labels: str) -> float:
+    text = httpx.get(stack.metrics_url("ratelimit"), timeout=5).text
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and line.split("{", 1)[1].startswith(want):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# --------------------------------------------------------------------------- tier (a): per address
+
+
+def test_address_tier_counts_every_caller_by_address(stack: Stack) -> None:
+    reads = limit("ip", "read")
+    with client(stack.rest_url, own_address()) as c:
+        seen = until_refused(lambda: c.get("/api/v1/health"), 2 * reads + 1)
+        assert [r.status_code for r in seen] == [200] * reads + [429]
+        # Every admitted response says how much is left, counting down to 0.
+        assert [int(r.headers["ratelimit-remaining"]) for r in seen[:-1]] == list(range(reads - 1, -1, -1))
+        assert all(r.headers["ratelimit-limit"] == str(reads) for r in seen)
+        assert_refused_by_edge(seen[-1], reads)
+        # Refused calls consume nothing; still refused.
+        assert c.get("/api/v1/health").status_code == 429
+    with client(stack.rest_url, own_address()) as other:  # another address has its own budget
+        r = other.get("/api/v1/health")
+        assert r.status_code == 200 and r.headers["ratelimit-remaining"] == str(reads - 1)
+    with client(stack.rest_url) as exempt:  # 127.0.0.1 is in ip_exempt: not counted at all
+        r = exempt.get("/api/v1/health")
+        assert r.status_code == 200 and "ratelimit-limit" not in r.headers
+
+
+def test_authentication_is_the_strictest_class(stack: Stack) -> None:
+    auth, reads = limit("ip", "auth"), limit("ip", "read")
+    assert auth < reads
+    before = metric(stack, "sentinel_ratelimit_rejections_total", **{"class": "auth", "tier": "ip"})
+    with client(stack.rest_url, own_address()) as c:
+        def guess() -> httpx.Response:  # a different unknown account each time: no account lock
+            return c.post("/api/v1/auth/login", json={"tenant": "platform", "password": "not-the-password",
+                                                      "email": f"{uuid.uuid4().hex[:10]}@example.com"})
+
+        seen = until_refused(guess, 2 * auth + 1)
+        assert [r.status_code for r in seen] == [401] * auth + [429]
+        assert_refused_by_edge(seen[-1], auth)
+        # Reads from the same address have their own, more lenient budget.
+        assert c.get("/api/v1/health").status_code == 200
+    after = metric(stack, "sentinel_ratelimit_rejections_total", **{"class": "auth", "tier": "ip"})
+    assert after >= before + 1
+
+
+# --------------------------------------------------------------------------- tiers (b) and (c)
+
+
+def test_principal_and_tenant_tiers(stack: Stack, admin_headers: dict[str, str]) -> None:
+    ent = Enterprise(stack, admin_headers, 3)
+    per_user, per_tenant = limit("principal", "read"), limit("tenant", "read")
+    assert per_user < per_tenant < 3 * per_user
+    with client(stack.rest_url) as c:
+        def read(i: int) -> Callable[[], httpx.Response]:
+            return lambda: c.get("/api/v1/users/me", headers=ent.headers(i))
+
+        first = until_refused(read(0), 2 * per_user)
+        assert [r.status_code for r in first] == [200] * per_user + [429]
+        assert_refused_by_edge(first[-1], per_user)
+        # Another user of the tenant is not held back by the first one's limit ...
+        second = until_refused(read(1), 2 * per_user)
+        assert [r.status_code for r in second] == [200] * per_user + [429]
+        # ... until the tenant's budget (shared by all its users) is used up.
+        left = per_tenant - 2 * per_user
+        third = until_refused(read(2), 2 * per_user)
+        assert [r.status_code for r in third] == [200] * left + [429]
+        assert_refused_by_edge(third[-1], per_tenant)
+        # Writes are a class of their own: the owner may still create a user.
+        r = c.post("/api/v1/users", headers=ent.headers(0), json={
+            "email": f"late@{ent.slug}.example.com", "password": PASSWORD, "role": "ROLE_MEMBER"})
+        assert r.status_code == 200, r.text
+        assert r.headers["ratelimit-limit"] == str(limit("principal", "write"))
+    assert metric(stack, "sentinel_ratelimit_rejections_total", **{"class": "read", "tier": "tenant"}) >= 1
+    assert metric(stack, "sentinel_ratelimit_rejections_total", **{"class": "read", "tier": "principal"}) >= 2
+
+
+def test_limits_follow_the_tenant_plan(stack: Stack, admin_headers: dict[str, str]) -> None:
+    ent = Enterprise(stack, admin_headers, 1)
+    per_user = limit("principal", "read")
+    with client(stack.rest_url) as c:
+        seen = until_refused(lambda: c.get("/api/v1/users/me", headers=ent.headers(0)), 2 * per_user)
+        assert seen[-1].status_code == 429
+        ent.set_plan("TENANT_PLAN_STANDARD")  # out of reach in the test stack
+        deadline = time.monotonic() + 10  # the service re-reads a plan after 0.5 s here
+        while (r := c.get("/api/v1/users/me", headers=ent.headers(0))).status_code == 429:
+            assert time.monotonic() < deadline, "the plan change never lifted the limit"
+            time.sleep(0.2)
+        assert r.status_code == 200 and int(r.headers["ratelimit-limit"]) > 1000
+
+
+def test_api_keys_are_principals_and_forged_keys_charge_no_tenant(
+        stack: Stack, admin_headers: dict[str, str]) -> None:
+    ent = Enterprise(stack, admin_headers, 1)
+    per_key = limit("principal", "read")
+    with client(stack.rest_url) as c:
+        r = c.post("/api/v1/serviceAccounts", headers=ent.headers(0),
+                   json={"display_name": "ci", "role": "ROLE_MEMBER"})
+        assert r.status_code == 200, r.text
+        account = r.json()["service_account"]["id"]
+        r = c.post(f"/api/v1/serviceAccounts/{account}/keys", headers=ent.headers(0), json={"display_name": "k", "scopes": ["users.read"]})
+        assert r.status_code == 200, r.text
+        key = r.json()["secret"]
+        # A well-formed key of this tenant that does not exist: refused by the service every time,
+        # never counted against the tenant or a principal (the limiter verifies keys first).
+        forged, _ = apikeys.generate(uuid.UUID(ent.id), uuid.uuid4())
+        for _ in range(per_key + 2):
+            assert c.get("/api/v1/users", headers={"x-api-key": forged}).status_code == 401
+
+        seen = until_refused(lambda: c.get("/api/v1/users", headers={"x-api-key": key}), 2 * per_key)
+        assert [r.status_code for r in seen] == [200] * per_key + [429]
+        assert_refused_by_edge(seen[-1], per_key)
+        # The same key as a bearer credential is the same principal.
+        r = c.get("/api/v1/users", headers={"authorization": f"Bearer {key}"})
+        assert r.status_code == 429
+        # The owner (another principal of the tenant) still reads.
+        assert c.get("/api/v1/users/me", headers=ent.headers(0)).status_code == 200
+
+
+def test_native_grpc_gets_resource_exhausted(stack: Stack, admin_headers: dict[str, str]) -> None:
+    ent = Enterprise(stack, admin_headers, 1)
+    metadata = (("authorization", f"Bearer {ent.tokens[0]}"),)
+    with grpc.insecure_channel(f"{stack.host}:{stack.ports.envoy}") as channel:
+        stub = usg.UserServiceStub(channel)
+        for _ in range(limit("principal", "read")):
+            stub.GetCurrentUser(usp.GetCurrentUserRequest(), metadata=metadata, timeout=10)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetCurrentUser(usp.GetCurrentUserRequest(), metadata=metadata, timeout=10)
+    call: Any = err.value
+    assert call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "Retry-After" in call.details()
+    sent = dict(call.trailing_metadata() or ()) | dict(call.initial_metadata() or ())
+    assert int(sent["retry-after"]) >= 1
+
+
+# --------------------------------------------------------------------------- several Envoys, failure
+
+
+@contextlib.contextmanager
+def second_envoy(stack: Stack, tmp: Path) -> Iterator[str]:
+    """Another Envoy on the stack's generated config (own ports), sharing the rate-limit service."""
+    config = yaml.safe_load((stack.data_dir / "gateway" / "envoy.yaml").read_text())
+    port, admin = free_port(), free_port()
+    config["admin"]["address"]["socket_address"]["port_value"] = admin
+    config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = port
+    conf = tmp / "envoy2.yaml"
+    conf.write_text(yaml.safe_dump(config))
+    log = (tmp / "envoy2.log").open("w")
+    proc = subprocess.Popen([str(stack.bins.envoy), *gw.envoy_args(conf, log_level="warn")],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://{stack.host}:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (tmp / "envoy2.log").read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://{stack.host}:{admin}/ready", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "second Envoy not ready"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def test_limits_hold_across_envoy_instances(stack: Stack, admin_headers: dict[str, str], tmp_path: Path) -> None:
+    ent = Enterprise(stack, admin_headers, 2)
+    per_user = limit("principal", "read")
+    with second_envoy(stack, tmp_path) as other_url, client(stack.rest_url) as one, client(other_url) as two:
+        # The second Envoy fetches the JWKS in the background: wait until it accepts a token
+        # (the second user's, so the first user's budget is untouched).
+        deadline = time.monotonic() + 20
+        while two.get("/api/v1/users/me", headers=ent.headers(1)).status_code == 401:
+            assert time.monotonic() < deadline, "second Envoy never accepted the token"
+            time.sleep(0.2)
+        codes = []
+        for i in range(2 * per_user):  # alternate between the two edges
+            edge = one if i % 2 == 0 else two
+            codes.append(edge.get("/api/v1/users/me", headers=ent.headers(0)).status_code)
+    # One budget for the principal, whichever Envoy the calls went through.
+    assert codes == [200] * per_user + [429] * per_user, codes
+
+
+def test_an_unreachable_limiter_fails_open(stack: Stack) -> None:
+    """Last in the file: it stops the rate-limit service and starts it again."""
+    with client(stack.rest_url, own_address()) as c:
+        assert c.get("/api/v1/health").headers.get("ratelimit-limit")  # counted while it runs
+        stack.kill_service("ratelimit")
+        try:
+            deadline = time.monotonic() + 20
+            for _ in range(3 * limit("ip", "read")):  # beyond the address limit: nothing refuses
+                r = c.get("/api/v1/health")
+                assert r.status_code == 200, r.text
+                assert "ratelimit-limit" not in r.headers
+                assert time.monotonic() < deadline
+        finally:
+            stack.start_ratelimit()
+    stats = httpx.get(f"http://{stack.host}:{stack.ports.envoy_admin}/stats?filter=ratelimit", timeout=5).text
+    failed_open = sum(int(line.rsplit(" ", 1)[1]) for line in stats.splitlines()
+                      if line.split(":")[0].endswith((".ratelimit.error", ".ratelimit.failure_mode_allowed")))
+    assert failed_open >= 1, stats
