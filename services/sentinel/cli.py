@@ -287,11 +287,24 @@ def _audit_export(ns: argparse.Namespace) -> int:
 
 
 def _gateway_render(ns: argparse.Namespace) -> int:
+    import dataclasses
+
     from sentinel.gateway import envoy
 
     cfg = envoy.dev_config()
+    changes: dict[str, object] = {}
     if ns.descriptor_set:
-        cfg = envoy.GatewayConfig(upstreams=cfg.upstreams, descriptor_set_path=ns.descriptor_set)
+        changes["descriptor_set_path"] = ns.descriptor_set
+    if bool(ns.tls_cert) != bool(ns.tls_key):
+        print("sentinel gateway render: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if ns.tls_cert:
+        changes.update(tls_cert_file=ns.tls_cert, tls_key_file=ns.tls_key, tls_port=ns.tls_port)
+    if ns.cors_origin:
+        changes.update(cors_allowed_origins=tuple(ns.cors_origin), cors_allow_credentials=ns.cors_allow_credentials)
+    if ns.no_rate_limit:
+        changes["ratelimit_address"] = None
+    cfg = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
     if ns.write_descriptor_set:
         envoy.write_descriptor_set(cfg.descriptor_set_path)
     text = envoy.render_yaml(cfg)
@@ -401,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="descriptor set path referenced by the config (default .sentinel/gateway/sentinel.pb)")
     p.add_argument("--write-descriptor-set", action="store_true",
                    help="also (re)write the descriptor set file the transcoder loads")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS on --tls-port, redirect HTTP")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument("--tls-port", type=int, default=8443)
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browsers on this origin (repeat for several)")
+    p.add_argument("--cors-allow-credentials", action="store_true", help="send Access-Control-Allow-Credentials")
+    p.add_argument("--no-rate-limit", action="store_true", help="no rate-limit filter (no sentinel ratelimit running)")
     p.set_defaults(func=_gateway_render)
     p = gateway.add_parser("check", help="strictly check Envoy bootstrap files (YAML/JSON) against the v3 API protos")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
