@@ -59,7 +59,10 @@ def stack() -> Iterator[Stack]:
         "SENTINEL_JOB_RETRY_BASE_SECONDS": "0.2",
         "SENTINEL_PERIODIC_SCHEDULES": json.dumps(dict.fromkeys(PERIODIC_JOBS, "off")),
     }
-    with temporary_stack(env=env, echo=sys.stderr) as s:
+    # Two user-service instances behind Envoy, so every REST test goes through its load balancing
+    # (test_gateway_failover.py kills and restarts the second one, "user-2"). Peers and the
+    # direct gRPC channels below use the first, "user".
+    with temporary_stack(env=env, echo=sys.stderr, instances={"user": 2}) as s:
         yield s
 
 

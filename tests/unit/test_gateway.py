@@ -476,3 +476,190 @@ async def test_native_grpc_through_the_edge(gateway: Gateway) -> None:
         # Public RPCs need no token over gRPC either.
         jwks = await user_service_pb2_grpc.AuthServiceStub(channel).GetJwks(user_service_pb2.GetJwksRequest())
         assert jwks.keys[0].kid == KID
+
+
+# --------------------------------------------------------------------------- instances, retries, breakers
+
+WRITE_SAFE_RETRY_ON = {"connect-failure", "refused-stream", "reset-before-request"}
+
+
+def _two_user_instances(**kw: Any) -> gw.GatewayConfig:
+    return gw.GatewayConfig(upstreams={**gw.DEV_UPSTREAMS, "user": ["127.0.0.1:50052", "127.0.0.1:50152"]},
+                            descriptor_set_path=Path("/x.pb"), **kw)
+
+
+def _cluster(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in cfg["static_resources"]["clusters"] if c["name"] == name)  # type: ignore[no-any-return]
+
+
+def _endpoints(cluster: dict[str, Any]) -> list[tuple[str, int]]:
+    return [(e["endpoint"]["address"]["socket_address"]["address"], e["endpoint"]["address"]["socket_address"]
+             ["port_value"]) for group in cluster["load_assignment"]["endpoints"] for e in group["lb_endpoints"]]
+
+
+def test_several_instances_get_one_endpoint_each() -> None:
+    out = gw.render(_two_user_instances())
+    user = _cluster(out, "user")
+    assert user["type"] == "STATIC" and user["lb_policy"] == "ROUND_ROBIN"
+    assert _endpoints(user) == [("127.0.0.1", 50052), ("127.0.0.1", 50152)]
+    assert _endpoints(_cluster(out, "tenant")) == [("127.0.0.1", 50051)]  # a plain string: one instance
+    # A single-element sequence renders exactly like the string.
+    one = gw.render(gw.GatewayConfig(upstreams={**gw.DEV_UPSTREAMS, "user": ("127.0.0.1:50052",)},
+                                     descriptor_set_path=Path("/x.pb")))
+    assert _cluster(one, "user") == _cluster(gw.render(gw.GatewayConfig(
+        upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=Path("/x.pb"))), "user")
+    # Names (and names mixed with IPs) are resolved by DNS, each endpoint on its own.
+    named = gw.render(gw.GatewayConfig(
+        upstreams={**gw.DEV_UPSTREAMS, "user": ["user-a.internal:5000", "10.0.0.7:5000"]},
+        descriptor_set_path=Path("/x.pb")))
+    user = _cluster(named, "user")
+    assert user["type"] == "STRICT_DNS" and user["dns_lookup_family"] == "V4_PREFERRED"
+    assert _endpoints(user) == [("user-a.internal", 5000), ("10.0.0.7", 5000)]
+    for bad, match in (([], "no address"), (["127.0.0.1:1", "127.0.0.1:1"], "twice"), (["127.0.0.1"], "host:port")):
+        with pytest.raises(ValueError, match=match):
+            gw.render(gw.GatewayConfig(upstreams={**gw.DEV_UPSTREAMS, "user": bad}, descriptor_set_path=Path("/x.pb")))
+
+
+def test_backend_clusters_have_circuit_breakers_outlier_detection_and_health_checks() -> None:
+    out = gw.render(_two_user_instances())
+    for name in gw.BACKENDS:
+        cluster = _cluster(out, name)
+        (thresholds,) = cluster["circuit_breakers"]["thresholds"]
+        assert thresholds["priority"] == "DEFAULT", name
+        for key in ("max_connections", "max_pending_requests", "max_requests"):
+            assert isinstance(thresholds[key], int) and thresholds[key] > 0, (name, key)
+        # A budget, not Envoy's default max_retries of 3: losing one of two instances puts half of
+        # what is in flight into retry at once.
+        budget = thresholds["retry_budget"]
+        assert budget["budget_percent"]["value"] >= 50 and budget["min_retry_concurrency"] >= 10, name
+        outlier = cluster["outlier_detection"]
+        assert outlier["split_external_local_origin_errors"] is True, name
+        for key in ("consecutive_5xx", "consecutive_gateway_failure", "consecutive_local_origin_failure"):
+            assert outlier[key] >= 1 and outlier.get(f"enforcing_{key}", 100) == 100, (name, key)
+        assert outlier["interval"] and outlier["base_ejection_time"], name
+        # Of two instances one may be ejected (Envoy: ejected/hosts <= max_ejection_percent) ...
+        assert 100 * 1 / 2 <= outlier["max_ejection_percent"] < 100, name
+        (check,) = cluster["health_checks"]
+        assert check["grpc_health_check"] == {"service_name": ""}, name
+    # ... but the JWKS fetch (Envoy's own listener) is not a service cluster.
+    assert "outlier_detection" not in _cluster(out, gw.JWKS_CLUSTER)
+
+
+def test_reads_retry_on_another_instance() -> None:
+    cfg = gw.render(_two_user_instances())
+    reads = [rpc for rpc in contracts.rpcs() if not rpc.mutating and not rpc.streaming
+             and rpc.policy.tenant_scope != policy_pb2.TENANT_SCOPE_INTERNAL]
+    assert reads
+    for rpc in reads:
+        policy = _route_for(cfg, rpc.full_method)["route"]["retry_policy"]
+        retry_on = set(policy["retry_on"].split(","))
+        # An instance just killed: refused connections, resets of calls in flight, UNAVAILABLE.
+        assert {"connect-failure", "refused-stream", "reset", "unavailable"} <= retry_on, rpc.full_method
+        assert policy["num_retries"] >= 1 and policy["per_try_timeout"], rpc.full_method
+        assert [p["name"] for p in policy["retry_host_predicate"]] == ["envoy.retry_host_predicates.previous_hosts"]
+        assert policy["host_selection_retry_max_attempts"] >= 2, rpc.full_method
+
+
+def test_writes_retry_only_where_nothing_reached_the_service() -> None:
+    cfg = gw.render(_two_user_instances())
+    vhost = _hcm(cfg)["route_config"]["virtual_hosts"][0]
+    fallback = vhost["retry_policy"]  # applies to every route without its own policy
+    assert set(fallback["retry_on"].split(",")) <= WRITE_SAFE_RETRY_ON
+    assert "per_try_timeout" not in fallback and "retriable_status_codes" not in fallback
+    assert "retry_host_predicate" in fallback  # a refused write goes to the other instance
+    writes = [rpc for rpc in contracts.rpcs() if (rpc.mutating or rpc.streaming)
+              and rpc.policy.tenant_scope != policy_pb2.TENANT_SCOPE_INTERNAL]
+    assert writes
+    for rpc in writes:
+        route = _route_for(cfg, rpc.full_method)["route"]
+        policy = route.get("retry_policy", fallback)
+        assert set(policy["retry_on"].split(",")) <= WRITE_SAFE_RETRY_ON, rpc.full_method
+        assert "retriable_status_codes" not in policy and "retriable_headers" not in policy, rpc.full_method
+        assert not policy.get("hedge_policy") and not route.get("hedge_policy"), rpc.full_method
+
+
+def test_envoy_validates_several_instances(tmp_path: Path) -> None:
+    from sentinel.gateway import schema
+
+    cfg = gw.GatewayConfig(upstreams={**gw.DEV_UPSTREAMS, "user": ["127.0.0.1:50052", "127.0.0.1:50152"]},
+                           descriptor_set_path=gw.write_descriptor_set(tmp_path / "sentinel.pb"))
+    schema.check(gw.render(cfg))  # strict xds-protos parse: every new field exists and is typed right
+    envoy = envoy_binary()
+    conf = tmp_path / "envoy.yaml"
+    conf.write_text(gw.render_yaml(cfg))
+    proc = subprocess.run([envoy, "--mode", "validate", "-c", str(conf), "--disable-hot-restart",
+                           "--log-level", "warn"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+class CountingTenants(FakeTenants):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def GetTenant(self, request: tenant_service_pb2.GetTenantRequest,
+                        context: grpc.aio.ServicerContext[Any, Any]) -> tenant_service_pb2.GetTenantResponse:
+        self.calls += 1
+        await asyncio.sleep(0.005)  # calls are in flight when the instance goes away
+        return await super().GetTenant(request, context)
+
+
+async def test_reads_survive_losing_one_of_two_instances(tmp_path: Path) -> None:
+    """Two tenant backends behind real Envoy; one stops abruptly mid-run: every read still succeeds."""
+    envoy = envoy_binary()
+    key = Ed25519PrivateKey.generate()
+    servers, counters, ports = [], [], []
+    for _ in range(2):
+        server = grpc.aio.server()
+        counter = CountingTenants()
+        tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(counter, server)  # type: ignore[abstract]
+        user_service_pb2_grpc.add_AuthServiceServicer_to_server(FakeAuth(key), server)  # type: ignore[abstract]
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        ports.append(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        servers.append(server)
+        counters.append(counter)
+    port, admin = free_port(), free_port()
+    survivor = f"127.0.0.1:{ports[1]}"
+    cfg = gw.GatewayConfig(upstreams={"tenant": [f"127.0.0.1:{p}" for p in ports], "user": survivor,
+                                      "audit": survivor, "scheduler": survivor},
+                           descriptor_set_path=gw.write_descriptor_set(tmp_path / "sentinel.pb"),
+                           listen_port=port, admin_port=admin, access_log_path=str(tmp_path / "access.log"))
+    conf = tmp_path / "envoy.yaml"
+    conf.write_text(gw.render_yaml(cfg))
+    base_url = f"http://127.0.0.1:{port}"
+    auth = {"authorization": f"Bearer {sign(key)}"}
+    statuses: list[int] = []
+    try:
+        async with running_envoy(envoy, conf, tmp_path, base_url, auth), \
+                httpx.AsyncClient(base_url=base_url, timeout=5) as http:
+            stop = asyncio.Event()
+
+            async def reader() -> None:
+                while not stop.is_set():
+                    r = await http.get(f"/api/v1/tenants/{KNOWN_TENANT}", headers=auth)
+                    statuses.append(r.status_code)
+                    assert r.status_code != 200 or r.json()["tenant"]["slug"] == "acme"
+
+            readers = [asyncio.create_task(reader()) for _ in range(8)]
+            await asyncio.sleep(0.7)
+            before = [c.calls for c in counters]
+            await servers[0].stop(grace=None)  # abrupt: calls in flight are cut, the port closes
+            killed_at = len(statuses)
+            await asyncio.sleep(1.0)
+            stop.set()
+            await asyncio.gather(*readers)
+            stats = (await http.get(f"http://127.0.0.1:{admin}/stats",
+                                    params={"filter": r"^cluster\.tenant\.upstream_rq_retry"})).text
+    finally:
+        for server in servers:
+            await server.stop(grace=None)
+    assert all(b > 0 for b in before), before  # both instances served reads
+    assert len(statuses) > killed_at > 0
+    assert statuses.count(200) == len(statuses), {s: statuses.count(s) for s in set(statuses)}
+    assert counters[1].calls > before[1]
+    counts = {k: int(v) for k, _, v in (line.partition(": ") for line in stats.splitlines()) if v.isdigit()}
+    # The reads cut or refused by the stopped instance were retried (on the other one), none dropped.
+    assert counts["cluster.tenant.upstream_rq_retry"] > 0, stats
+    assert counts["cluster.tenant.upstream_rq_retry_overflow"] == 0, stats

@@ -21,8 +21,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -56,6 +56,22 @@ def _die_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+#: Further instances of a service on fixed (dev) ports: instance n (2, 3, ...) takes the first
+#: instance's gRPC and metrics ports + INSTANCE_PORT_STEP x (n - 1), e.g. user-2 on 50152, metrics 9202.
+INSTANCE_PORT_STEP = 100
+
+
+def instance_name(service: str, n: int) -> str:
+    """The process name of instance ``n`` (1-based) of ``service``: ``user``, ``user-2``, ``user-3``..."""
+    return service if n == 1 else f"{service}-{n}"
+
+
+def service_of(name: str) -> str:
+    """``user-2`` -> ``user``; any other name (``user``, ``ratelimit``, ``worker``) is returned as is."""
+    base, sep, n = name.rpartition("-")
+    return base if sep and n.isdigit() and base in SERVICES else name
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -71,11 +87,29 @@ class Ports:
     grpc: Mapping[str, int] = field(default_factory=lambda: {n: p[0] for n, p in DEFAULT_PORTS.items()})
     metrics: Mapping[str, int] = field(default_factory=lambda: {n: p[1] for n, p in DEFAULT_PORTS.items()})
     worker_metrics: int = 9105
+    #: Ports of further instances (``user-2``...) not listed in grpc/metrics: free ones (True, as
+    #: Ports.free() sets) or the first instance's + INSTANCE_PORT_STEP x (n - 1) (False).
+    free_instances: bool = False
 
     @classmethod
     def free(cls) -> Ports:
         return cls(free_port(), free_port(), free_port(), free_port(),
-                   {n: free_port() for n in DEFAULT_PORTS}, {n: free_port() for n in DEFAULT_PORTS}, free_port())
+                   {n: free_port() for n in DEFAULT_PORTS}, {n: free_port() for n in DEFAULT_PORTS}, free_port(),
+                   free_instances=True)
+
+    def with_instances(self, names: Iterable[str]) -> Ports:
+        """These ports, plus a gRPC and a metrics port for every instance name (``user-2``) not listed yet."""
+        grpc_ports, metrics_ports = dict(self.grpc), dict(self.metrics)
+        for name in names:
+            if name in grpc_ports:
+                continue
+            base, _, n = name.rpartition("-")
+            if self.free_instances:
+                grpc_ports[name], metrics_ports[name] = free_port(), free_port()
+            else:
+                step = INSTANCE_PORT_STEP * (int(n) - 1)
+                grpc_ports[name], metrics_ports[name] = grpc_ports[base] + step, metrics_ports[base] + step
+        return replace(self, grpc=grpc_ports, metrics=metrics_ports)
 
 
 @dataclass
@@ -90,9 +124,16 @@ class Stack:
     """Start with :meth:`start` (or use as a context manager); :meth:`stop` is idempotent."""
 
     def __init__(self, data_dir: Path, *, ports: Ports | None = None, host: str = "127.0.0.1",
-                 env: Mapping[str, str] | None = None, echo: IO[str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, echo: IO[str] | None = None,
+                 instances: Mapping[str, int] | None = None) -> None:
         self.data_dir = data_dir.resolve()
-        self.ports = ports or Ports()
+        # How many processes of each service (default 1); Envoy balances over all of them.
+        self.instances = {n: 1 for n in SERVICES}
+        for name, count in (instances or {}).items():
+            if name not in SERVICES or count < 1:
+                raise ValueError(f"instances: {name}={count}: expected one of {', '.join(SERVICES)} = 1 or more")
+            self.instances[name] = count
+        self.ports = (ports or Ports()).with_instances(self.instance_names())
         self.host = host
         self.extra_env = dict(env or {})
         self.echo = echo  # progress lines go here (the CLI passes stdout)
@@ -169,7 +210,13 @@ class Stack:
     def rest_url(self) -> str:
         return f"http://{self.host}:{self.ports.envoy}"
 
+    def instance_names(self, service: str | None = None) -> list[str]:
+        """Process names of one service's instances (``user``, ``user-2``...), or of every service's."""
+        services = [service] if service is not None else list(SERVICES)
+        return [instance_name(s, n) for s in services for n in range(1, self.instances[s] + 1)]
+
     def service_target(self, name: str) -> str:
+        """``host:port`` of a service's first instance (``user``) or of one instance (``user-2``)."""
         return f"{self.host}:{self.ports.grpc[name]}"
 
     def metrics_url(self, name: str) -> str:
@@ -376,16 +423,19 @@ class Stack:
             "SENTINEL_SERVICE_PUBLIC_KEYS_DIR": str(self.service_keys_dir / "public"),
             "SENTINEL_GRPC_HOST": self.host,
             "SENTINEL_METRICS_HOST": self.host,
+            # Peers call a service's first instance (``user``), never ``user-2``...: only Envoy
+            # balances over the instances. (A gRPC target "ipv4:a:p1,b:p2" could list them all.)
             **{f"SENTINEL_{n.upper()}_ADDR": self.service_target(n) for n in SERVICES},
         })
-        if name is not None:
-            env["SENTINEL_SERVICE"] = name
+        if name is not None:  # a process name: ``user`` or ``user-2`` both run the user service
+            service = service_of(name)
+            env["SENTINEL_SERVICE"] = service
             env["SENTINEL_GRPC_PORT"] = str(self.ports.grpc[name])
             env["SENTINEL_METRICS_PORT"] = str(self.ports.metrics[name])
-            env["SENTINEL_SERVICE_KEY_FILE"] = str(self.service_keys_dir / f"{name}.key.pem")
-            if name == "user":  # only the user service holds the signing keys
+            env["SENTINEL_SERVICE_KEY_FILE"] = str(self.service_keys_dir / f"{service}.key.pem")
+            if service == "user":  # only the user service holds the signing keys
                 env["SENTINEL_JWT_SIGNING_KEYS_DIR"] = str(self.keys_dir)
-            if name == "audit":
+            if service == "audit":
                 env["SENTINEL_AUDIT_SIGNING_KEY_FILE"] = str(sorted(self.audit_keys_dir.glob("*.key.pem"))[-1])
         env.update(self.extra_env)
         return env
@@ -417,7 +467,7 @@ class Stack:
         self.admin_password = password or (words[words.index("password:") + 1] if "password:" in words else "")
 
     def _start_services(self, timeout: float) -> None:
-        procs = {n: self._spawn_service(n) for n in SERVICES}
+        procs = {n: self._spawn_service(n) for n in self.instance_names()}
         for n, proc in procs.items():
             self._wait(functools.partial(self._grpc_serving, self.service_target(n)), proc, timeout, f"{n} service")
         self.start_worker(timeout)
@@ -434,10 +484,13 @@ class Stack:
         return f"http://{self.host}:{self.ports.worker_metrics}/metrics"
 
     def _spawn_service(self, name: str) -> Proc:
-        return self._spawn(name, [sys.executable, "-m", "sentinel", "serve", name], env=self.service_env(name))
+        """Start one instance (``user``, ``user-2``...); its log is ``logs/<name>.log``."""
+        return self._spawn(name, [sys.executable, "-m", "sentinel", "serve", service_of(name)],
+                           env=self.service_env(name))
 
     def kill_service(self, name: str) -> None:
-        """SIGKILL one service, no draining (fault tests: a crash, not a shutdown)."""
+        """SIGKILL one process, no draining (fault tests: a crash, not a shutdown). A service's
+        name is its first instance (``user``); ``user-2`` etc. name the others."""
         for proc in [p for p in self.procs if p.name == name]:
             proc.popen.kill()
             proc.popen.wait()
@@ -470,7 +523,8 @@ class Stack:
             docs_dir = gw
         else:  # an installed wheel carries no gateway/docs/
             self.say(f"  {openapi.DOCS_TEMPLATE} not found: no /openapi.json or /docs")
-        cfg = GatewayConfig(upstreams={n: self.service_target(n) for n in SERVICES},
+        upstreams = {n: [self.service_target(i) for i in self.instance_names(n)] for n in SERVICES}
+        cfg = GatewayConfig(upstreams=upstreams,
                             descriptor_set_path=descriptor, listen_host=self.host,
                             listen_port=self.ports.envoy, admin_host=self.host,
                             admin_port=self.ports.envoy_admin,
@@ -521,17 +575,18 @@ class Stack:
 
 
 @contextlib.contextmanager
-def temporary_stack(env: Mapping[str, str] | None = None, echo: IO[str] | None = None) -> Iterator[Stack]:
+def temporary_stack(env: Mapping[str, str] | None = None, echo: IO[str] | None = None,
+                    instances: Mapping[str, int] | None = None) -> Iterator[Stack]:
     """A stack on free ports in a fresh directory, removed afterwards (tests, benchmark)."""
     import tempfile
 
     base = Path(tempfile.mkdtemp(prefix="sentinel-stack-"))
     base.chmod(0o711)
     try:
-        with Stack(base / "data", ports=Ports.free(), env=env, echo=echo) as stack:
+        with Stack(base / "data", ports=Ports.free(), env=env, echo=echo, instances=instances) as stack:
             yield stack
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
-__all__ = ["Ports", "Stack", "StackError", "free_port", "temporary_stack"]
+__all__ = ["Ports", "Stack", "StackError", "free_port", "instance_name", "service_of", "temporary_stack"]

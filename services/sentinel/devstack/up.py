@@ -22,6 +22,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-port", type=int, default=6379, help="embedded Redis port (default 6379)")
     p.add_argument("--free-ports", action="store_true",
                    help="pick free ports for everything (a second stack beside the default one)")
+    p.add_argument("--instances", action="append", default=[], metavar="SERVICE=N", type=_instances,
+                   help="run N processes of a service behind Envoy, e.g. --instances user=2 (repeatable; "
+                        "instance n listens on the first one's ports + 100 x (n - 1): user-2 on 50152)")
+
+
+def _instances(value: str) -> tuple[str, int]:
+    name, sep, count = value.partition("=")
+    if not sep or name not in SERVICES or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected SERVICE=N, SERVICE one of {', '.join(SERVICES)}")
+    return name, int(count)
 
 
 def endpoints(stack: Stack) -> str:
@@ -30,7 +40,8 @@ def endpoints(stack: Stack) -> str:
         f"  REST + gRPC (Envoy)  {stack.rest_url}   e.g. curl {stack.rest_url}/api/v1/health",
         f"  Envoy admin          http://{stack.host}:{stack.ports.envoy_admin}/",
     ]
-    lines += [f"  {n + ' service':<20} {stack.service_target(n)}   metrics {stack.metrics_url(n)}" for n in SERVICES]
+    lines += [f"  {n + ' service':<20} {stack.service_target(n)}   metrics {stack.metrics_url(n)}"
+              for n in stack.instance_names()]
     lines += [f"  {'job worker':<20} huey on Redis          metrics {stack.worker_metrics_url}"]
     lines += [
         f"  PostgreSQL           {stack.host}:{stack.ports.postgres} (database sentinel; "
@@ -57,7 +68,7 @@ def run(ns: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        stack = Stack(ns.data_dir, ports=ports, echo=sys.stdout)
+        stack = Stack(ns.data_dir, ports=ports, echo=sys.stdout, instances=dict(ns.instances))
         print(f"starting Sentinel in {stack.data_dir}", flush=True)
         stack.start()
     except StackError as e:

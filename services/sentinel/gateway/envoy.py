@@ -14,7 +14,7 @@ and the NixOS module can run the same generator at build time.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,9 @@ _ANY = "type.googleapis.com/"
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    upstreams: Mapping[str, str]  # backend name ("tenant", "user", "audit", "scheduler") -> "host:port"
+    # backend name ("tenant", "user", "audit", "scheduler") -> "host:port", or a sequence of them
+    # (several instances of the service: one endpoint each, round-robin, see _backend_cluster).
+    upstreams: Mapping[str, str | Sequence[str]]
     descriptor_set_path: Path  # where write_descriptor_set() put the .pb
     listen_host: str = "127.0.0.1"
     listen_port: int = 8000
@@ -209,19 +211,23 @@ def _socket_address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _cluster_base(name: str, host: str, port: int) -> dict[str, Any]:
+def _cluster_base(name: str, host: str, port: int, *more: tuple[str, int]) -> dict[str, Any]:
+    """A round-robin cluster of ``host:port`` and any ``more`` (host, port) endpoints (instances)."""
+    endpoints = [(host, port), *more]
+    all_ips = all(_is_ip(h) for h, _ in endpoints)
     cluster: dict[str, Any] = {
         "name": name,
-        # An IP needs no resolver; a name (NixOS, containers) is re-resolved continuously.
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        # An IP needs no resolver; a name (NixOS, containers) is re-resolved continuously
+        # (STRICT_DNS resolves every endpoint on its own, and takes IP literals too).
+        "type": "STATIC" if all_ips else "STRICT_DNS",
         "connect_timeout": "1s",
         "lb_policy": "ROUND_ROBIN",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(h, p)}} for h, p in endpoints]}],
         },
     }
-    if not _is_ip(host):
+    if not all_ips:
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     return cluster
 
@@ -237,9 +243,83 @@ def _security_headers() -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- pieces
 
 
-def _backend_cluster(name: str, address: str) -> dict[str, Any]:
-    host, port = _split_host_port(address)
-    cluster = _cluster_base(name, host, port)
+def upstream_addresses(name: str, value: str | Sequence[str]) -> list[str]:
+    """``GatewayConfig.upstreams[name]`` as a list of distinct, valid ``host:port`` (one per instance)."""
+    addresses = [value] if isinstance(value, str) else list(value)
+    if not addresses:
+        raise ValueError(f"GatewayConfig.upstreams[{name!r}] has no address")
+    for address in addresses:
+        if not isinstance(address, str):
+            raise ValueError(f"GatewayConfig.upstreams[{name!r}]: {address!r} is not a host:port string")
+        _split_host_port(address)
+    if len(set(addresses)) != len(addresses):
+        raise ValueError(f"GatewayConfig.upstreams[{name!r}] lists an address twice: {addresses}")
+    return addresses
+
+
+def _circuit_breakers() -> dict[str, Any]:
+    """Circuit breakers of every backend cluster, sized for a small deployment.
+
+    Envoy counts them per cluster (all its hosts and workers together). A small deployment is a
+    few instances per service, each with a database pool of 15 connections (10 + 5 overflow).
+
+    - ``max_connections``: upstream HTTP/2 opens one connection per Envoy worker per host (more
+      only past the service's concurrent-stream limit), so this caps a misbehaving pool, not
+      load: room for 64 workers x 4 instances.
+    - ``max_pending_requests``: requests waiting for a connection to be set up (HTTP/2 queues little).
+    - ``max_requests``: in flight to the whole cluster. Past a few hundred, requests only queue for
+      the instances' ~30 database connections; failing fast with 503 (UNAVAILABLE, which clients
+      retry with backoff) beats piling up work that will miss its deadline. The benchmark runs 32.
+    - retries: a ``retry_budget`` instead of a fixed ``max_retries`` (the budget replaces it):
+      retries may add up to 50% of the requests in flight, at least 10 at a time. Losing one of
+      two instances puts half of what is in flight into retry at once, which Envoy's default
+      ``max_retries`` of 3 would turn into client-visible 503s (``upstream_rq_retry_overflow``);
+      the budget still bounds a retry storm when every instance is failing.
+    """
+    return {"thresholds": [{
+        "priority": "DEFAULT",
+        "max_connections": 256,
+        "max_pending_requests": 128,
+        "max_requests": 512,
+        "retry_budget": {"budget_percent": {"value": 50.0}, "min_retry_concurrency": 10},
+    }]}
+
+
+def _outlier_detection() -> dict[str, Any]:
+    """Passive health of every backend cluster: an instance that stops answering is taken out of
+    the rotation after a few failed calls, long before the active health check (2 x 5 s) notices.
+
+    ``split_external_local_origin_errors``: failures Envoy sees itself (connection refused or timed
+    out, reset) count towards ``consecutive_local_origin_failure``; ``consecutive_5xx`` and
+    ``consecutive_gateway_failure`` count only answers the service sent (a gRPC status counts as its
+    HTTP code: UNAVAILABLE 503, DEADLINE_EXCEEDED 504, INTERNAL/UNKNOWN/DATA_LOSS 500). Envoy
+    enforces gateway failures only when told to (``enforcing_consecutive_gateway_failure`` defaults
+    to 0).
+
+    ``max_ejection_percent`` 50: of two instances one may be ejected (1/2 = 50%), never both; the
+    only instance of a service is never ejected (100% > 50%). A successful active health check
+    un-ejects a host at once (``successful_active_health_check_uneject_host``, on by default), so a
+    restarted instance gets traffic again within one health-check interval; otherwise an ejection
+    lasts ``base_ejection_time`` x the number of ejections (at most ``max_ejection_time``).
+    """
+    return {
+        "split_external_local_origin_errors": True,
+        "consecutive_local_origin_failure": 3,
+        "enforcing_consecutive_local_origin_failure": 100,
+        "consecutive_5xx": 5,
+        "enforcing_consecutive_5xx": 100,
+        "consecutive_gateway_failure": 5,
+        "enforcing_consecutive_gateway_failure": 100,
+        "interval": "5s",
+        "base_ejection_time": "10s",
+        "max_ejection_time": "120s",
+        "max_ejection_percent": 50,
+    }
+
+
+def _backend_cluster(name: str, addresses: str | Sequence[str]) -> dict[str, Any]:
+    (host, port), *more = [_split_host_port(a) for a in upstream_addresses(name, addresses)]
+    cluster = _cluster_base(name, host, port, *more)
     cluster["typed_extension_protocol_options"] = {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -258,6 +338,8 @@ def _backend_cluster(name: str, address: str) -> dict[str, Any]:
         # "" is the whole process (every service sets it SERVING once it accepts calls).
         "grpc_health_check": {"service_name": ""},
     }]
+    cluster["circuit_breakers"] = _circuit_breakers()
+    cluster["outlier_detection"] = _outlier_detection()
     return cluster
 
 
@@ -298,13 +380,49 @@ def _route_action(cluster: str, *, streaming: bool = False, retry: bool = False)
         # Honour a shorter client deadline (grpc-timeout) but never exceed the route's.
         action["max_stream_duration"] = {"grpc_timeout_header_max": ROUTE_TIMEOUT}
     if retry:
-        action["retry_policy"] = {
-            "retry_on": "connect-failure,refused-stream,unavailable,cancelled,reset",
-            "num_retries": 2,
-            "per_try_timeout": READ_PER_TRY_TIMEOUT,
-            "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
-        }
+        action["retry_policy"] = read_retry_policy()
     return action
+
+
+#: Retry conditions under which no byte of the request reached the service, so that retrying is
+#: safe for any RPC, writes included: the connection could not be made (``connect-failure``:
+#: refused, e.g. an instance just killed, or timed out), the service refused the stream before
+#: processing it (``refused-stream``: HTTP/2 REFUSED_STREAM, RFC 9113 8.7), or
+#: the stream was reset before Envoy had sent any of it (``reset-before-request``, Envoy >= 1.31:
+#: a pooled connection that died under it). Any other failure of a write (a reset after the request
+#: went out, a timeout, UNAVAILABLE from the service) may come after the write was applied, so it
+#: goes to the client, which can retry with its ``idempotency-key``.
+CONNECTION_RETRY_ON: tuple[str, ...] = ("connect-failure", "refused-stream", "reset-before-request")
+#: Reads are idempotent: besides the above, a reset at any point (the instance died mid-call) and
+#: the gRPC statuses UNAVAILABLE and CANCELLED are retried, on another instance.
+READ_RETRY_ON: tuple[str, ...] = (*CONNECTION_RETRY_ON, "reset", "unavailable", "cancelled")
+
+
+def _retry_policy(retry_on: Iterable[str]) -> dict[str, Any]:
+    return {
+        "retry_on": ",".join(retry_on),
+        "num_retries": 2,
+        "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
+        # A retry goes to another instance when there is one: the first attempt's host is
+        # skipped (re-picked up to 3 times, then any host is taken, e.g. with one instance).
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": _any("envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"),
+        }],
+        "host_selection_retry_max_attempts": 3,
+    }
+
+
+def read_retry_policy() -> dict[str, Any]:
+    """Route-level policy of every unary read (``_retryable``)."""
+    return {**_retry_policy(READ_RETRY_ON), "per_try_timeout": READ_PER_TRY_TIMEOUT}
+
+
+def connection_retry_policy() -> dict[str, Any]:
+    """The virtual host's policy: every route without its own (writes, streams, health) retries
+    only where nothing reached the service (``CONNECTION_RETRY_ON``). No per-try timeout: a
+    write is never cut short to be tried again."""
+    return _retry_policy(CONNECTION_RETRY_ON)
 
 
 def _docs_routes(cfg: GatewayConfig) -> list[dict[str, Any]]:
@@ -394,6 +512,9 @@ def _route_config(cfg: GatewayConfig) -> dict[str, Any]:
         "routes": _routes(cfg),
         "response_headers_to_add": _security_headers(),
         "response_headers_to_remove": ["server", "x-powered-by"],
+        # Routes without their own retry policy (writes, streams) retry only where nothing
+        # reached the service; a route-level policy (reads) replaces this one entirely.
+        "retry_policy": connection_retry_policy(),
     }
     if cfg.cors_allowed_origins:
         vhost["typed_per_filter_config"] = {"envoy.filters.http.cors": _cors_policy(cfg.cors_allowed_origins)}
