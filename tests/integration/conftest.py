@@ -37,6 +37,17 @@ PERIODIC_JOBS = ("health_check", "slo_report", "burn_rate_watch", "audit_retenti
                  "cleanup")
 
 
+_OUT_OF_REACH = dict.fromkeys(("auth", "write", "read"), "1000000/day")
+RATE_LIMITS = {
+    "ip": {"auth": "6/day", "write": "20/day", "read": "20/day"},
+    "ip_exempt": ["127.0.0.1/32"],
+    "tenant": {"free": _OUT_OF_REACH, "standard": _OUT_OF_REACH,
+               "enterprise": {"auth": "10/day", "write": "10/day", "read": "12/day"}},
+    "principal": {"free": _OUT_OF_REACH, "standard": _OUT_OF_REACH,
+                  "enterprise": {"auth": "5/day", "write": "4/day", "read": "5/day"}},
+}
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     env = {
@@ -58,6 +69,12 @@ def stack() -> Iterator[Stack]:
         # periodic.run_due with the times they choose.
         "SENTINEL_JOB_RETRY_BASE_SECONDS": "0.2",
         "SENTINEL_PERIODIC_SCHEDULES": json.dumps(dict.fromkeys(PERIODIC_JOBS, "off")),
+        # Edge rate limits: the suite's own address (127.0.0.1) is exempt and the free and
+        # standard plans are out of reach, so only test_ratelimit.py meets a limit: it calls from
+        # other loopback addresses and uses enterprise tenants. Daily windows: a test's burst
+        # never straddles a window boundary.
+        "SENTINEL_RATE_LIMITS": json.dumps(RATE_LIMITS),
+        "SENTINEL_RATE_LIMIT_CACHE_SECONDS": "0.5",
     }
     # Two user-service instances behind Envoy, so every REST test goes through its load balancing
     # (test_gateway_failover.py kills and restarts the second one, "user-2"). Peers and the

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import subprocess
 import time
 import uuid
@@ -305,14 +306,14 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
 
 @contextlib.asynccontextmanager
 async def running_envoy(envoy: str, conf: Path, tmp: Path, base_url: str,
-                        headers: dict[str, str]) -> AsyncIterator[None]:
+                        headers: dict[str, str], verify: ssl.SSLContext | bool = True) -> AsyncIterator[None]:
     """Envoy on ``conf`` for the block. Ready = listener up AND the self-served JWKS fetched (a
-    request with a valid token passes)."""
+    request with a valid token passes). ``verify``: how to check an HTTPS ``base_url``."""
     log = (tmp / "envoy.log").open("w")
     proc = await asyncio.create_subprocess_exec(envoy, *gw.envoy_args(conf, log_level="warn"),
                                                 stdout=log, stderr=subprocess.STDOUT)
     try:
-        async with httpx.AsyncClient(timeout=2) as client:
+        async with httpx.AsyncClient(timeout=2, verify=verify) as client:
             deadline = time.monotonic() + 15
             while True:
                 if proc.returncode is not None:

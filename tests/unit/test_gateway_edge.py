@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,3 +179,15 @@ def test_cors_refuses_credentials_for_every_origin(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="both"):
         gw.render(gw.GatewayConfig(upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=tmp_path / "x.pb",
                                    tls_cert_file=tmp_path / "c.pem"))
+
+
+async def test_request_id_is_propagated_or_generated(edge: TlsGateway) -> None:
+    async with httpx.AsyncClient(base_url=edge.https_url, verify=edge.trust, timeout=5) as http:
+        mine = await http.get(f"/api/v1/tenants/{KNOWN_TENANT}", headers={**edge.bearer(), "x-request-id": "abc-123"})
+        assert mine.status_code == 200 and mine.headers["x-request-id"] == "abc-123"
+        # Envoy's own replies echo it too, in the header and the JSON body.
+        refused = await http.get(f"/api/v1/tenants/{KNOWN_TENANT}", headers={"x-request-id": "abc-456"})
+        assert refused.status_code == 401 and refused.headers["x-request-id"] == "abc-456"
+        assert refused.json()["request_id"] == "abc-456"
+        fresh = [(await http.get("/api/v1/nope", headers=edge.bearer())).headers["x-request-id"] for _ in range(2)]
+    assert fresh[0] != fresh[1] and all(len(uuid.UUID(rid).hex) == 32 for rid in fresh)

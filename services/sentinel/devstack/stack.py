@@ -471,6 +471,14 @@ class Stack:
         for n, proc in procs.items():
             self._wait(functools.partial(self._grpc_serving, self.service_target(n)), proc, timeout, f"{n} service")
         self.start_worker(timeout)
+        self.start_ratelimit(timeout)
+
+    def start_ratelimit(self, timeout: float = 60.0) -> None:
+        """The edge rate-limit service Envoy asks before routing (ready once its health says SERVING)."""
+        proc = self._spawn("ratelimit", [sys.executable, "-m", "sentinel", "ratelimit"],
+                           env=self.service_env("ratelimit"))
+        self._wait(functools.partial(self._grpc_serving, self.service_target("ratelimit")), proc, timeout,
+                   "rate-limit service")
 
     def start_worker(self, timeout: float = 60.0) -> None:
         """The job consumer (huey): ready once its metrics endpoint answers."""
@@ -528,7 +536,8 @@ class Stack:
                             descriptor_set_path=descriptor, listen_host=self.host,
                             listen_port=self.ports.envoy, admin_host=self.host,
                             admin_port=self.ports.envoy_admin,
-                            access_log_path=str(self.logs_dir / "envoy-access.log"), docs_dir=docs_dir)
+                            access_log_path=str(self.logs_dir / "envoy-access.log"), docs_dir=docs_dir,
+                            ratelimit_address=self.service_target("ratelimit"))
         conf = gw / "envoy.yaml"
         conf.write_text(render_yaml(cfg))
         proc = self._spawn("envoy", [str(self.bins.envoy), *envoy_args(conf, log_level="warn")])

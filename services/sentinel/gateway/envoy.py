@@ -48,6 +48,10 @@ DEV_UPSTREAMS: Mapping[str, str] = {
 
 JWT_PROVIDER = "sentinel"
 JWKS_CLUSTER = "jwks"
+RATELIMIT_CLUSTER = "ratelimit"
+DEV_RATELIMIT_ADDRESS = "127.0.0.1:50055"
+#: Envoy waits this long for a decision, then lets the request through (fail open).
+RATELIMIT_TIMEOUT = "0.1s"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 #: The API description at the edge (public, GET/HEAD only), served by Envoy itself from the files
@@ -86,14 +90,17 @@ LOCAL_REPLY_GRPC_CODES: Mapping[int, int] = {
 }
 UNKNOWN_GRPC_CODE = 2
 
+#: Sent on HTTPS responses only (RFC 6797 §7.2: never over plain HTTP).
+HSTS = "max-age=31536000; includeSubDomains"
 SECURITY_HEADERS: Mapping[str, str] = {
-    # Browsers ignore HSTS over plain HTTP (RFC 6797 §8.1), so it is harmless in dev and
-    # right as soon as TLS terminates in front of (or at) this listener.
-    "strict-transport-security": "max-age=31536000; includeSubDomains",
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
     "referrer-policy": "no-referrer",
     "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+    # An API has no use for any powerful browser feature.
+    "permissions-policy": "accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), "
+                          "microphone=(), payment=(), usb=(), interest-cohort=()",
+    # API responses are per caller: never stored by browsers or shared caches.
     "cache-control": "no-store",
 }
 
@@ -101,7 +108,25 @@ CORS_ALLOW_HEADERS = (
     "authorization", "content-type", "idempotency-key", "x-request-id", "x-api-key",
     "grpc-timeout", "x-grpc-web", "x-user-agent",
 )
-CORS_EXPOSE_HEADERS = ("x-request-id", "grpc-status", "grpc-message", "grpc-status-details-bin")
+CORS_EXPOSE_HEADERS = ("x-request-id", "grpc-status", "grpc-message", "grpc-status-details-bin", "retry-after",
+                       "ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", "ratelimit-policy")
+
+#: gRPC transport headers a REST client has no use for (the status is already the HTTP code
+#: and the JSON body); native gRPC responses keep them.
+GRPC_ONLY_RESPONSE_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin", "grpc-accept-encoding",
+                              "grpc-encoding")
+
+#: Appended to the strict-JSON Lua filter. It sits before the transcoder, so on the way back it
+#: sees the transcoded response: anything that is not gRPC is REST (or an Envoy local reply).
+REST_RESPONSE_LUA = """
+local GRPC_ONLY = {__GRPC_ONLY__}
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local ctype = headers:get("content-type")
+  if ctype and string.find(string.lower(ctype), "^%s*application/grpc") then return end
+  for _, name in ipairs(GRPC_ONLY) do headers:remove(name) end
+end
+""".replace("__GRPC_ONLY__", ", ".join(f'"{h}"' for h in GRPC_ONLY_RESPONSE_HEADERS))
 
 _ANY = "type.googleapis.com/"
 
@@ -120,20 +145,40 @@ class GatewayConfig:
     jwt_audience: str = "sentinel-api"
     # "" => fetch from this Envoy's own listener: http://<listen_host>:<listen_port>/.well-known/jwks.json
     jwks_uri: str = ""
+    # CORS: browsers on these origins may call the API (exact origins, e.g. "https://app.example.com").
     cors_allowed_origins: tuple[str, ...] = ()
+    # Let browsers send cookies/HTTP auth cross-origin (Access-Control-Allow-Credentials). Bearer
+    # tokens in the Authorization header do not need it, so it is off unless asked for.
+    cors_allow_credentials: bool = False
+    cors_allow_methods: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    cors_allow_headers: tuple[str, ...] = CORS_ALLOW_HEADERS
+    cors_max_age_seconds: int = 600
     max_request_bytes: int = 1 << 20
     access_log_path: str = "/dev/stdout"
     # Limits that rarely need changing; not part of the devstack contract.
     max_connections: int = 10_000
+    # TLS at the edge: both files set => HTTPS on tls_port, and listen_port only redirects to it.
+    tls_cert_file: Path | None = None  # PEM chain
+    tls_key_file: Path | None = None
+    tls_port: int = 8443
+    # The rate-limit service (sentinel.ratelimit, "host:port"). None: no rate limiting at the edge.
+    ratelimit_address: str | None = None
     # Directory holding openapi.json and index.html (sentinel.gateway.openapi.write_docs): served
     # at /openapi.json and /docs. None: neither path exists (the transcoder answers 404).
     docs_dir: Path | None = None
 
 
+    @property
+    def tls_enabled(self) -> bool:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both tls_cert_file and tls_key_file")
+        return self.tls_cert_file is not None
+
+
 def dev_config() -> GatewayConfig:
     """The configuration ``gateway/envoy.dev.yaml`` is rendered from (dev ports, §2)."""
     return GatewayConfig(upstreams=dict(DEV_UPSTREAMS), descriptor_set_path=DEV_DESCRIPTOR_SET_PATH,
-                         docs_dir=DEV_DESCRIPTOR_SET_PATH.parent)
+                         docs_dir=DEV_DESCRIPTOR_SET_PATH.parent, ratelimit_address=DEV_RATELIMIT_ADDRESS)
 
 
 def response_body_bindings() -> list[str]:
@@ -236,8 +281,9 @@ def _header(key: str, value: str) -> dict[str, Any]:
     return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
-def _security_headers() -> list[dict[str, Any]]:
-    return [_header(k, v) for k, v in SECURITY_HEADERS.items()]
+def _security_headers(tls: bool) -> list[dict[str, Any]]:
+    headers = {**SECURITY_HEADERS, **({"strict-transport-security": HSTS} if tls else {})}
+    return [_header(k, v) for k, v in headers.items()]
 
 
 # --------------------------------------------------------------------------- pieces
@@ -351,10 +397,12 @@ def jwks_uri(cfg: GatewayConfig) -> str:
         host = "127.0.0.1" if host != "::" else "::1"
     if ":" in host:
         host = f"[{host}]"
+    if cfg.tls_enabled:  # the plain port only redirects
+        return f"https://{host}:{cfg.tls_port}/.well-known/jwks.json"
     return f"http://{host}:{cfg.listen_port}/.well-known/jwks.json"
 
 
-def _jwks_cluster(uri: str) -> dict[str, Any]:
+def _jwks_cluster(uri: str, trusted_ca: Path | None = None) -> dict[str, Any]:
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"jwks_uri {uri!r}: expected http(s)://host[:port]/path")
@@ -363,8 +411,9 @@ def _jwks_cluster(uri: str) -> dict[str, Any]:
     if tls:
         cluster["transport_socket"] = {
             "name": "envoy.transport_sockets.tls",
-            "typed_config": _any("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                                 sni=parts.hostname),
+            "typed_config": _any("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", sni=parts.hostname,
+                                 **({"common_tls_context": {"validation_context": {
+                                     "trusted_ca": {"filename": str(trusted_ca)}}}} if trusted_ca else {})),
         }
     return cluster
 
@@ -493,15 +542,18 @@ def _routes(cfg: GatewayConfig) -> list[dict[str, Any]]:
     return routes
 
 
-def _cors_policy(origins: Iterable[str]) -> dict[str, Any]:
+def _cors_policy(cfg: GatewayConfig) -> dict[str, Any]:
+    if "*" in cfg.cors_allowed_origins and cfg.cors_allow_credentials:
+        # Browsers refuse the combination (Fetch standard), and it would be unsafe if they did not.
+        raise ValueError("CORS: credentials cannot be allowed for every origin ('*')")
     return _any(
         "envoy.extensions.filters.http.cors.v3.CorsPolicy",
-        allow_origin_string_match=[{"exact": o} for o in origins],
-        allow_methods="GET, POST, PUT, PATCH, DELETE, OPTIONS",
-        allow_headers=",".join(CORS_ALLOW_HEADERS),
+        allow_origin_string_match=[{"prefix": ""} if o == "*" else {"exact": o} for o in cfg.cors_allowed_origins],
+        allow_methods=", ".join(cfg.cors_allow_methods),
+        allow_headers=",".join(cfg.cors_allow_headers),
         expose_headers=",".join(CORS_EXPOSE_HEADERS),
-        max_age="600",
-        allow_credentials=False,
+        max_age=str(cfg.cors_max_age_seconds),
+        allow_credentials=cfg.cors_allow_credentials,
     )
 
 
@@ -510,14 +562,14 @@ def _route_config(cfg: GatewayConfig) -> dict[str, Any]:
         "name": "sentinel",
         "domains": ["*"],
         "routes": _routes(cfg),
-        "response_headers_to_add": _security_headers(),
+        "response_headers_to_add": _security_headers(cfg.tls_enabled),
         "response_headers_to_remove": ["server", "x-powered-by"],
         # Routes without their own retry policy (writes, streams) retry only where nothing
         # reached the service; a route-level policy (reads) replaces this one entirely.
         "retry_policy": connection_retry_policy(),
     }
     if cfg.cors_allowed_origins:
-        vhost["typed_per_filter_config"] = {"envoy.filters.http.cors": _cors_policy(cfg.cors_allowed_origins)}
+        vhost["typed_per_filter_config"] = {"envoy.filters.http.cors": _cors_policy(cfg)}
     route_config: dict[str, Any] = {
         "name": "sentinel",
         "virtual_hosts": [vhost],
@@ -620,6 +672,55 @@ def _transcoder_filter(cfg: GatewayConfig) -> dict[str, Any]:
     }
 
 
+def _jwt_claim(claim: str, descriptor_key: str) -> dict[str, Any]:
+    return {"metadata": {"descriptor_key": descriptor_key, "source": "DYNAMIC", "metadata_key": {
+        "key": "envoy.filters.http.jwt_authn", "path": [{"key": "jwt_payload"}, {"key": claim}]}}}
+
+
+def rate_limit_actions() -> list[dict[str, Any]]:
+    """The descriptors Envoy sends the rate-limit service for every routed request.
+
+    A descriptor whose action finds nothing (no token, no API-key header) is not sent. Every
+    descriptor carries the gRPC path (REST is transcoded by then); the service derives the
+    class (auth, write, read) from the contracts. The address is Envoy's view of the peer
+    (``use_remote_address``), never a client header. API keys are forwarded so the service can
+    verify them before charging a tenant: a forged key is counted against its address only.
+    """
+    path = {"request_headers": {"header_name": ":path", "descriptor_key": "path"}}
+
+    def tier(name: str) -> dict[str, Any]:
+        return {"generic_key": {"descriptor_key": "tier", "descriptor_value": name}}
+
+    bearer_key = {"header_value_match": {"descriptor_key": "tier", "descriptor_value": "api_key", "expect_match": True,
+                                         "headers": [{"name": "authorization", "string_match": {
+                                             "prefix": "Bearer " + API_KEY_PREFIX, "ignore_case": True}}]}}
+    return [
+        {"actions": [tier("ip"), {"remote_address": {}}, path]},
+        {"actions": [tier("jwt"), _jwt_claim("tid", "tenant"), _jwt_claim("sub", "subject"), path]},
+        {"actions": [tier("api_key"), {"request_headers": {"header_name": "x-api-key", "descriptor_key": "credential"}},
+                     path]},
+        {"actions": [bearer_key, {"request_headers": {"header_name": "authorization", "descriptor_key": "credential"}},
+                     path]},
+    ]
+
+
+def _ratelimit_filter() -> dict[str, Any]:
+    return {"name": "envoy.filters.http.ratelimit", "typed_config": _any(
+        "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        domain="sentinel",
+        timeout=RATELIMIT_TIMEOUT,
+        # Fail open: an unreachable limiter must not take the API down (the user service's own
+        # login throttle still guards credentials); Envoy counts these as ratelimit.error.
+        failure_mode_deny=False,
+        # 429 for REST; RESOURCE_EXHAUSTED (not UNAVAILABLE) for native gRPC clients.
+        rate_limited_as_resource_exhausted=True,
+        disable_x_envoy_ratelimited_header=True,  # no internal headers to clients
+        rate_limit_service={"grpc_service": {"envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}},
+                            "transport_api_version": "V3"},
+        rate_limits=rate_limit_actions(),
+    )}
+
+
 def _http_filters(cfg: GatewayConfig) -> list[dict[str, Any]]:
     filters: list[dict[str, Any]] = []
     if cfg.cors_allowed_origins:
@@ -628,11 +729,15 @@ def _http_filters(cfg: GatewayConfig) -> list[dict[str, Any]]:
                         "typed_config": _any("envoy.extensions.filters.http.cors.v3.Cors")})
     # The transcoder drops unknown JSON fields silently (envoyproxy/envoy#46623); this Lua
     # filter refuses them with 400 while the body is still JSON, so it runs just before it.
-    filters.append(strict_json.lua_filter(max_body_bytes=cfg.max_request_bytes, local_reply_json=True))
+    filters.append(strict_json.lua_filter(max_body_bytes=cfg.max_request_bytes, local_reply_json=True,
+                                          extra_source=REST_RESPONSE_LUA))
     # Transcoder before jwt_authn: it rewrites REST to the gRPC path, so the JWT rules and
     # the routes see one path per RPC whatever the protocol.
     filters.append(_transcoder_filter(cfg))
     filters.append(_jwt_filter(cfg))
+    # After jwt_authn: the tenant and subject descriptors come from the verified token.
+    if cfg.ratelimit_address is not None:
+        filters.append(_ratelimit_filter())
     # Caps native gRPC bodies too (the transcoder only sees REST); over the limit → 413.
     filters.append({"name": "envoy.filters.http.buffer",
                     "typed_config": _any("envoy.extensions.filters.http.buffer.v3.Buffer",
@@ -673,22 +778,37 @@ def _status_filter(op: str, status: int, key: str) -> dict[str, Any]:
     }}}
 
 
-def _local_reply_config() -> dict[str, Any]:
-    """Envoy's own error replies (jwt_authn 401, transcoder 400/404, buffer 413, 503, ...) as JSON.
+#: Messages for local replies whose filter leaves the body empty (REST JSON ``message``, and
+#: ``grpc-message`` for native gRPC clients).
+LOCAL_REPLY_MESSAGES: Mapping[int, str] = {
+    429: "too many requests: the rate limit for this kind of call is used up; retry after the number "
+         "of seconds in the Retry-After header",
+}
+
+
+def _local_reply_config(tls: bool) -> dict[str, Any]:
+    """Envoy's own error replies (jwt_authn 401, transcoder 400/404, buffer 413, 429, 503, ...) as JSON.
 
     No top-level ``body_format``: it would also rewrite replies to native gRPC clients.
     """
-    matchers = [(_status_filter("EQ", status, str(status)), code) for status, code in LOCAL_REPLY_GRPC_CODES.items()]
-    matchers.append((_status_filter("GE", 400, "other"), UNKNOWN_GRPC_CODE))
-    return {"mappers": [
-        {
+    matchers = [(_status_filter("EQ", status, str(status)), code, LOCAL_REPLY_MESSAGES.get(status))
+                for status, code in LOCAL_REPLY_GRPC_CODES.items()]
+    matchers.append((_status_filter("GE", 400, "other"), UNKNOWN_GRPC_CODE, None))
+    mappers: list[dict[str, Any]] = []
+    for status_filter, code, message in matchers:
+        mapper: dict[str, Any] = {
             "filter": {"and_filter": {"filters": [status_filter, _REST_REQUEST_FILTER]}},
             "body_format_override": _local_reply_body(code),
             # Route-level response headers do not reach every local reply; add them here too.
-            "headers_to_add": _security_headers(),
+            "headers_to_add": _security_headers(tls),
         }
-        for status_filter, code in matchers
-    ]}
+        if message:
+            mapper["body"] = {"inline_string": message}
+        mappers.append(mapper)
+    # Native gRPC clients: only the message (it becomes grpc-message).
+    mappers += [{"filter": _status_filter("EQ", status, f"{status}_grpc"), "body": {"inline_string": message}}
+                for status, message in LOCAL_REPLY_MESSAGES.items()]
+    return {"mappers": mappers}
 
 
 ACCESS_LOG_FORMAT: Mapping[str, str] = {
@@ -701,6 +821,7 @@ ACCESS_LOG_FORMAT: Mapping[str, str] = {
     "grpc_status": "%GRPC_STATUS_NUMBER%",
     "response_flags": "%RESPONSE_FLAGS%",
     "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "route": "%ROUTE_NAME%",
     "duration_ms": "%DURATION%",
     "response_duration_ms": "%RESPONSE_DURATION%",
     "bytes_received": "%BYTES_RECEIVED%",
@@ -735,6 +856,9 @@ def _http_connection_manager(cfg: GatewayConfig) -> dict[str, Any]:
         use_remote_address=True,
         xff_num_trusted_hops=0,
         generate_request_id=True,
+        # A client's own X-Request-Id is kept (its logs and ours then share the id); Envoy makes
+        # one only when there is none. It is a correlation id, never trusted for anything else.
+        preserve_external_request_id=True,
         always_set_request_id_in_response=True,
         # Path hygiene before any matching, so JWT rules and routes cannot be bypassed
         # with //, /./ or %2F tricks.
@@ -760,10 +884,66 @@ def _http_connection_manager(cfg: GatewayConfig) -> dict[str, Any]:
             "initial_connection_window_size": 1048576,
         },
         access_log=_access_log(cfg.access_log_path),
-        local_reply_config=_local_reply_config(),
+        local_reply_config=_local_reply_config(cfg.tls_enabled),
         route_config=_route_config(cfg),
         http_filters=_http_filters(cfg),
     )
+
+
+def _downstream_tls(cfg: GatewayConfig) -> dict[str, Any]:
+    return {"name": "envoy.transport_sockets.tls", "typed_config": _any(
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        common_tls_context={
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+            "alpn_protocols": ["h2", "http/1.1"],  # gRPC needs h2; REST clients may use either
+            "tls_certificates": [{"certificate_chain": {"filename": str(cfg.tls_cert_file)},
+                                  "private_key": {"filename": str(cfg.tls_key_file)}}],
+        },
+    )}
+
+
+def _redirect_connection_manager(cfg: GatewayConfig) -> dict[str, Any]:
+    """The plain-HTTP port when TLS is on: every request gets a 301 to the same path over HTTPS."""
+    return _any(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        stat_prefix="ingress_http",
+        use_remote_address=True,
+        normalize_path=True,
+        merge_slashes=True,
+        server_header_transformation="PASS_THROUGH",
+        request_headers_timeout="10s",
+        access_log=_access_log(cfg.access_log_path),
+        route_config={"name": "redirect", "virtual_hosts": [{
+            "name": "redirect", "domains": ["*"],
+            "routes": [{"name": "https_redirect", "match": {"prefix": "/"},
+                        "redirect": {"https_redirect": True, "port_redirect": cfg.tls_port}}],
+            "response_headers_to_add": _security_headers(tls=False),
+            "response_headers_to_remove": ["server"],
+        }]},
+        http_filters=[{"name": "envoy.filters.http.router",
+                       "typed_config": _any("envoy.extensions.filters.http.router.v3.Router",
+                                            suppress_envoy_headers=True)}],
+    )
+
+
+def _listener(name: str, host: str, port: int, hcm: dict[str, Any],
+              transport_socket: dict[str, Any] | None = None) -> dict[str, Any]:
+    chain: dict[str, Any] = {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                          "typed_config": hcm}]}
+    if transport_socket is not None:
+        chain["transport_socket"] = transport_socket
+    return {"name": name, "address": _socket_address(host, port),
+            "per_connection_buffer_limit_bytes": 1 << 20, "filter_chains": [chain]}
+
+
+def _listeners(cfg: GatewayConfig) -> list[dict[str, Any]]:
+    """The API listener first (plain, or HTTPS on ``tls_port``), then the redirecting plain port."""
+    if not cfg.tls_enabled:
+        return [_listener("ingress", cfg.listen_host, cfg.listen_port, _http_connection_manager(cfg))]
+    return [
+        _listener("ingress", cfg.listen_host, cfg.tls_port, _http_connection_manager(cfg), _downstream_tls(cfg)),
+        _listener("ingress_http", cfg.listen_host, cfg.listen_port, _redirect_connection_manager(cfg)),
+    ]
 
 
 def render(cfg: GatewayConfig) -> dict[str, Any]:
@@ -775,20 +955,16 @@ def render(cfg: GatewayConfig) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"GatewayConfig.upstreams has unknown backends {', '.join(unknown)}")
     clusters = [_backend_cluster(name, cfg.upstreams[name]) for name in BACKENDS]
-    clusters.append(_jwks_cluster(jwks_uri(cfg)))
+    # Fetching the JWKS from this Envoy's own HTTPS listener: trust exactly its certificate.
+    self_fetch = cfg.tls_enabled and not cfg.jwks_uri
+    clusters.append(_jwks_cluster(jwks_uri(cfg), cfg.tls_cert_file if self_fetch else None))
+    if cfg.ratelimit_address is not None:  # a gRPC backend like the others (health-checked, HTTP/2)
+        clusters.append(_backend_cluster(RATELIMIT_CLUSTER, cfg.ratelimit_address))
     bootstrap: dict[str, Any] = {
         "node": {"id": "sentinel-gateway", "cluster": "sentinel"},
         "admin": {"address": _socket_address(cfg.admin_host, cfg.admin_port)},
         "static_resources": {
-            "listeners": [{
-                "name": "ingress",
-                "address": _socket_address(cfg.listen_host, cfg.listen_port),
-                "per_connection_buffer_limit_bytes": 1 << 20,
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": _http_connection_manager(cfg),
-                }]}],
-            }],
+            "listeners": _listeners(cfg),
             "clusters": clusters,
         },
         # Edge best practice: bound downstream connections (Envoy warns when unset).
