@@ -197,16 +197,30 @@ def test_committed_dev_config_is_current() -> None:
 
 
 def test_cli_render_writes_config_and_descriptor(tmp_path: Path) -> None:
-    import argparse
-
     from sentinel import cli
 
     out, pb = tmp_path / "envoy.yaml", tmp_path / "gw" / "sentinel.pb"
-    ns = argparse.Namespace(output=out, descriptor_set=pb, write_descriptor_set=True)
-    assert cli._gateway_render(ns) == 0
+    ns = cli.build_parser().parse_args(["gateway", "render", "-o", str(out), "--descriptor-set", str(pb),
+                                        "--write-descriptor-set"])
+    assert ns.func(ns) == 0
     assert pb.stat().st_size > 0
     rendered = yaml.safe_load(out.read_text())
     assert _filter(rendered, "envoy.filters.http.grpc_json_transcoder")["proto_descriptor"] == str(pb)
+    # The rest of the dev config stays (docs, the rate-limit filter).
+    assert _filter(rendered, "envoy.filters.http.ratelimit")["domain"] == "sentinel"
+
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    ns = cli.build_parser().parse_args(["gateway", "render", "-o", str(out), "--tls-cert", str(cert),
+                                        "--tls-key", str(key), "--tls-port", "9443", "--cors-origin",
+                                        "https://a.example", "--cors-allow-credentials", "--no-rate-limit"])
+    assert ns.func(ns) == 0
+    rendered = yaml.safe_load(out.read_text())
+    listeners = rendered["static_resources"]["listeners"]
+    assert [lst["address"]["socket_address"]["port_value"] for lst in listeners] == [9443, 8000]
+    assert "transport_socket" in listeners[0]["filter_chains"][0]
+    assert not any(f["name"] == "envoy.filters.http.ratelimit" for f in _hcm(rendered)["http_filters"])
+    cors = _hcm(rendered)["route_config"]["virtual_hosts"][0]["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert cors["allow_credentials"] is True and cors["allow_origin_string_match"] == [{"exact": "https://a.example"}]
 
 
 # --------------------------------------------------------------------------- real Envoy
