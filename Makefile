@@ -56,6 +56,8 @@ gateway: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+bench-gateway: $(STAMP)
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
