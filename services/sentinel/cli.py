@@ -27,16 +27,19 @@ def _ratelimit(ns: argparse.Namespace) -> int:
 
 def _worker(ns: argparse.Namespace) -> int:
     from sentinel.platform import logging as json_logging
-    from sentinel.platform import metrics
+    from sentinel.platform import metrics, redis_metrics, tracing
     from sentinel.platform.config import get_settings
     from sentinel.scheduler import periodic, queue
 
     settings = get_settings()
     json_logging.configure("worker", settings.log_level)
+    tracing.setup("worker", settings)
+    redis_metrics.instrument("worker")
     periodic.validate_schedules(settings)
     if settings.worker_metrics_port:
         metrics.serve_metrics(settings.metrics_host, settings.worker_metrics_port)
     queue.run_consumer(settings)
+    tracing.shutdown()
     return 0
 
 

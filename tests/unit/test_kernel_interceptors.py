@@ -50,6 +50,7 @@ from sentinel.platform.interceptors.input import InputInterceptor, nul_fields
 from sentinel.platform.interceptors.logging import LoggingInterceptor
 from sentinel.platform.interceptors.metrics import MetricsInterceptor, method_label
 from sentinel.platform.interceptors.policy import PolicyInterceptor, field_value
+from sentinel.platform.interceptors.tracing import TracingInterceptor
 from sentinel.platform.service_identity import ServiceTokens, ServiceVerifier
 from sentinel.tenant.v1 import tenant_pb2, tenant_service_pb2, tenant_service_pb2_grpc
 from sentinel.user.v1 import user_pb2, user_service_pb2, user_service_pb2_grpc
@@ -782,9 +783,9 @@ def test_default_chain_order() -> None:
     # Input checks come first inside errors (a NUL byte never reaches a query, or the audit
     # outbox); audit sits inside errors (it sees the raw exception) and outside authn and policy
     # (it sees their refusals); its transaction wraps idempotency, so a replay is known before it records.
-    assert [type(i) for i in chain.interceptors] == [MetricsInterceptor, LoggingInterceptor, ErrorsInterceptor,
-                                                     InputInterceptor, AuditInterceptor, AuthnInterceptor,
-                                                     PolicyInterceptor]
+    assert [type(i) for i in chain.interceptors] == [MetricsInterceptor, TracingInterceptor, LoggingInterceptor,
+                                                     ErrorsInterceptor, InputInterceptor, AuditInterceptor,
+                                                     AuthnInterceptor, PolicyInterceptor]
     assert [type(i) for i in chain.unary] == [AuditTransaction, IdempotencyInterceptor]
 
 

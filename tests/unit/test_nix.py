@@ -39,7 +39,9 @@ LIB_MIRROR = Path("/work/.mirror/nix-community+nixpkgs.lib/repo")
 PYTHON_PACKAGES = [
     "alembic", "argon2-cffi", "asyncpg", "bcrypt", "cryptography", "googleapis-common-protos", "greenlet",
     "grpcio", "grpcio-health-checking", "grpcio-reflection", "grpcio-status", "grpcio-tools",
-    "hatchling", "httpx", "hypothesis", "prometheus-client", "protobuf", "pydantic",
+    "hatchling", "httpx", "hypothesis", "opentelemetry-api", "opentelemetry-exporter-otlp-proto-grpc",
+    "opentelemetry-instrumentation-grpc", "opentelemetry-instrumentation-redis",
+    "opentelemetry-instrumentation-sqlalchemy", "opentelemetry-sdk", "prometheus-client", "protobuf", "pydantic",
     "pydantic-settings", "pyjwt", "pytest", "pytest-asyncio", "pytest-timeout", "pyyaml", "redis", "sqlalchemy",
     "uvloop",
 ]

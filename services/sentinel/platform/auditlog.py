@@ -37,7 +37,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sentinel.audit.v1 import audit_pb2
-from sentinel.platform import db
+from sentinel.platform import db, tracing
 from sentinel.platform.auth import PLATFORM_TENANT_ID, Principal
 from sentinel.platform.calls import Call, current_call
 from sentinel.platform.errors import SentinelError
@@ -187,16 +187,17 @@ def system_event(tenant_id: uuid.UUID, action: str, *, actor: str, target: tuple
         id=str(uuid7()), tenant_id=str(tenant_id), action=action,
         actor=audit_pb2.Actor(type=audit_pb2.ACTOR_TYPE_SYSTEM, id=actor),
         target=audit_pb2.Target(type=target[0], id=target[1]),
-        outcome=audit_pb2.Outcome.Value(f"OUTCOME_{outcome}"))
+        outcome=audit_pb2.Outcome.Value(f"OUTCOME_{outcome}"), trace_id=tracing.current_ids()[0])
     event.event_time.FromDatetime(dt.datetime.now(dt.UTC))
     event.diff.update(redact(diff or {}))
     return event
 
 
 def trace_id(metadata: dict[str, str]) -> str:
-    """The W3C trace id of the call (``traceparent: 00-<trace id>-<span id>-<flags>``)."""
-    parts = metadata.get("traceparent", "").split("-")
-    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
+    """The W3C trace id of the call: the active span's (the server span continues the caller's
+    ``traceparent``), so the event, the call's log lines and its trace share one id; with tracing
+    off, the one in the ``traceparent`` header (``00-<trace id>-<span id>-<flags>``)."""
+    return tracing.current_ids()[0] or tracing.header_trace_id(metadata)
 
 
 def outcome_of(exc: BaseException) -> tuple[str, str]:

@@ -2,13 +2,15 @@
 
 Channels are created once per peer and reused (HTTP/2 multiplexing, keepalive). Outgoing
 calls propagate the current call's bearer token and request id, so the callee authorises
-the original principal, not a blanket service identity.
+the original principal, not a blanket service identity. With tracing on, each call is a CLIENT
+span whose context goes along as ``traceparent`` (the callee's server span is its child).
 """
 
 from __future__ import annotations
 
 import grpc
 
+from sentinel.platform import tracing
 from sentinel.platform.calls import current_call
 
 CHANNEL_OPTIONS = [
@@ -24,7 +26,8 @@ _channels: dict[str, grpc.aio.Channel] = {}
 
 def channel(target: str) -> grpc.aio.Channel:
     if target not in _channels:
-        _channels[target] = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        _channels[target] = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS,
+                                                      interceptors=tracing.client_interceptors() or None)
     return _channels[target]
 
 

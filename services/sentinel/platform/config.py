@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     service: str = "tenant"
     version: str = "0.1.0"
     log_level: str = "INFO"
+
+    # --- tracing (OpenTelemetry, docs/observability.md): spans are exported over OTLP/gRPC to this
+    # endpoint (e.g. http://collector:4317), or to the standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT /
+    # OTEL_EXPORTER_OTLP_ENDPOINT. "auto": trace only when an endpoint is set; "on": trace without one
+    # too (trace ids in logs and audit events, nothing sent); "off": never.
+    tracing: Literal["auto", "on", "off"] = "auto"
+    otlp_endpoint: str = ""
 
     # --- network
     grpc_host: str = "127.0.0.1"

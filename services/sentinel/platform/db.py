@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from sentinel.platform import tracing
 from sentinel.platform.calls import current_call
 from sentinel.platform.config import Settings
 
@@ -42,7 +43,7 @@ _after: ContextVar[list[Callable[[], Any]] | None] = ContextVar("sentinel_after_
 
 
 def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 5, recycle: int = 1800) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
@@ -50,6 +51,8 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 5, recycle
         pool_pre_ping=False,  # a dead connection fails one call with UNAVAILABLE and is dropped
         connect_args={"server_settings": {"application_name": "sentinel"}},
     )
+    tracing.instrument_engine(engine)  # a span per statement, when tracing is on
+    return engine
 
 
 def init(settings: Settings) -> AsyncEngine:

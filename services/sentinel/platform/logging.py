@@ -1,4 +1,9 @@
-"""JSON logs: one object per line on stdout, for journald and Loki."""
+"""JSON logs: one object per line on stdout, for journald and Loki.
+
+A line written while a span is active carries its ``trace_id`` and ``span_id`` (hex, as in the
+trace and the call's audit event); with tracing off, a line written for an RPC carries the trace
+id of the ``traceparent`` its caller sent.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import logging
 import sys
 import time
 from typing import Any
+
+from sentinel.platform import tracing
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -25,6 +32,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        trace_id, span_id = tracing.log_ids()
+        if trace_id:
+            out["trace_id"] = trace_id
+        if span_id:
+            out["span_id"] = span_id
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 out[key] = value

@@ -29,7 +29,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import text
 
 from sentinel.audit.v1 import audit_pb2, audit_service_pb2, audit_service_pb2_grpc
-from sentinel.platform import auditlog, clients, db
+from sentinel.platform import auditlog, clients, db, tracing
 from sentinel.platform.auth import PLATFORM_TENANT_ID
 from sentinel.platform.service_identity import ServiceTokens
 
@@ -85,14 +85,17 @@ class Drainer:
                 return 0
             PENDING.labels(self.service).set(len(rows))
             events = [_event(r.event) for r in rows]
-            try:
-                await self.send(events)
-                done = [r.id for r in rows]
-            except grpc.aio.AioRpcError as err:
-                if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
-                    raise
-                done = await self._one_by_one(session, rows, events)
-            await session.execute(_DELETE, {"ids": done})
+            # A trace per batch (the polling before it starts none): AppendEvents and the audit
+            # service's work are its children. Each event names the trace of its own call.
+            with tracing.span("audit outbox send", attributes={"sentinel.audit.events": len(events)}):
+                try:
+                    await self.send(events)
+                    done = [r.id for r in rows]
+                except grpc.aio.AioRpcError as err:
+                    if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                        raise
+                    done = await self._one_by_one(session, rows, events)
+                await session.execute(_DELETE, {"ids": done})
             SENT.labels(self.service).inc(len(done))
             return len(rows)
 

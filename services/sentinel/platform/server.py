@@ -1,7 +1,8 @@
 """grpc.aio server bootstrap shared by every service.
 
-Builds the server with the interceptor chain, ``grpc.health.v1``, reflection, the public
-HealthService and a Prometheus endpoint; drains gracefully on SIGTERM/SIGINT.
+Builds the server with the interceptor chain (behind the tracing interceptor when tracing is on),
+``grpc.health.v1``, reflection, the public HealthService and a Prometheus endpoint; drains
+gracefully on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sentinel.common.v1 import common_pb2, common_pb2_grpc
-from sentinel.platform import auditlog, clients, contracts, db, kv, metrics, outbox, revocation
+from sentinel.platform import auditlog, clients, contracts, db, kv, metrics, outbox, redis_metrics, revocation, tracing
 from sentinel.platform import logging as json_logging
 from sentinel.platform.auth import TokenVerifier
 from sentinel.platform.config import Settings, get_settings
@@ -104,8 +105,8 @@ def make_runtime(settings: Settings) -> Runtime:
 async def build_server(spec: ServiceSpec, runtime: Runtime) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     settings = runtime.settings
     check_contracts(spec)
-    server = grpc.aio.server(interceptors=[default_chain(spec.name, runtime.verifier, runtime.service_verifier)],
-                             options=SERVER_OPTIONS)
+    chain = default_chain(spec.name, runtime.verifier, runtime.service_verifier)
+    server = grpc.aio.server(interceptors=[*tracing.server_interceptors(), chain], options=SERVER_OPTIONS)
     spec.register(server, runtime)
 
     checks = [database_check()] if spec.needs_database else []
@@ -153,6 +154,8 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
         await revocation.tenants.reload(read_tenants)
     revocation.feed.start(redis, read_tenants=read_tenants,
                           resync_seconds=settings.tenant_states_resync_seconds)
+    if redis is not None:  # keeps sentinel_redis_up current between commands
+        tasks.append(asyncio.create_task(redis_metrics.watch(redis), name="redis-watch"))
     if redis is not None:
         try:  # serve only once revoked sessions are known (bounded: Redis may be down)
             await asyncio.wait_for(revocation.feed.ready.wait(), timeout=5)
@@ -183,11 +186,14 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
     await kv.close()
     await db.dispose()
     log.info("stopped")
+    tracing.shutdown()
 
 
 def run_service(name: str) -> int:
     settings = get_settings()
     json_logging.configure(name, settings.log_level)
+    tracing.setup(name, settings)  # before the engine, the server and the clients are made
+    redis_metrics.instrument(name)
     spec = load_spec(name)
     try:
         import uvloop

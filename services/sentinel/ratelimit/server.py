@@ -24,7 +24,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy import text
 
-from sentinel.platform import apikeys, db, metrics
+from sentinel.platform import apikeys, db, metrics, redis_metrics
 from sentinel.platform import logging as json_logging
 from sentinel.platform.config import Settings, get_settings
 from sentinel.platform.errors import SentinelError
@@ -122,6 +122,7 @@ async def serve(settings: Settings) -> None:
 def run() -> int:
     settings = get_settings()
     json_logging.configure(NAME, settings.log_level)
+    redis_metrics.instrument(NAME)  # sentinel_redis_* for its counting (up: as of the last decision)
     import uvloop
 
     uvloop.run(serve(settings))

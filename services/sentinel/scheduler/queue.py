@@ -1,6 +1,7 @@
 """The huey queue on Redis: the signal that a job should run now, and the consumer that runs it.
 
-Tasks carry only ids. The SchedulerService enqueues ``run_job`` after the job's row has
+Tasks carry only ids (and the W3C trace context of whoever enqueued them: each run is a span,
+the child of that one). The SchedulerService enqueues ``run_job`` after the job's row has
 committed; the consumer (``sentinel worker``) runs it. Every minute each consumer's
 scheduler runs ``tick``: the dispatcher (due and orphaned jobs, see ``runner.dispatch``) and
 the periodic jobs whose schedule matches the minute (``periodic.run_due``: a slot runs once
@@ -14,6 +15,7 @@ timeout); a job cut off anyway is taken back by the dispatcher once its lease ru
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import inspect
 import logging
@@ -24,9 +26,10 @@ from typing import Any, TypeVar
 
 import redis
 from huey import RedisHuey, crontab
+from opentelemetry.trace import SpanKind
 from prometheus_client import Gauge
 
-from sentinel.platform import db
+from sentinel.platform import db, tracing
 from sentinel.platform.config import Settings
 
 log = logging.getLogger("sentinel.queue")
@@ -41,13 +44,21 @@ _local = threading.local()
 
 
 def _in_thread_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on this worker thread's own event loop (made, with its pool, on first use)."""
+    """Run ``coro`` on this worker thread's own event loop (made, with its pool, on first use), in
+    the thread's current context (the job's span; a Runner would otherwise reuse its first one)."""
     runner: asyncio.Runner | None = getattr(_local, "runner", None)
     if runner is None:
         runner = _local.runner = asyncio.Runner()
         assert _settings is not None
         db.init(_settings)
-    return runner.run(coro)
+    return runner.run(coro, context=contextvars.copy_context())
+
+
+def _job_span(task: str, trace: dict[str, str] | None, **attributes: str) -> Any:
+    """The span of one task run: the child of the enqueuing span when the message carries one."""
+    return tracing.span(f"job {task}", kind=SpanKind.CONSUMER, parent=trace or {}, attributes={
+        "messaging.system": "huey", "messaging.destination.name": QUEUE_NAME,
+        "messaging.operation.type": "process", **attributes})
 
 
 def huey_for(settings: Settings) -> RedisHuey:
@@ -63,22 +74,27 @@ def huey_for(settings: Settings) -> RedisHuey:
     pool = redis.ConnectionPool.from_url(url, health_check_interval=30, socket_keepalive=True)
     huey = RedisHuey(QUEUE_NAME, connection_pool=pool, results=False, utc=True)
 
-    def run_job(tenant_id: str, job_id: str) -> None:
+    def run_job(tenant_id: str, job_id: str, trace: dict[str, str] | None = None) -> None:
         from sentinel.scheduler import runner
 
-        _in_thread_loop(runner.run(settings, uuid.UUID(tenant_id), uuid.UUID(job_id), enqueue_retry=enqueue))
+        with _job_span("run_job", trace, **{"sentinel.tenant_id": tenant_id, "sentinel.job_id": job_id}) as span:
+            outcome = _in_thread_loop(runner.run(settings, uuid.UUID(tenant_id), uuid.UUID(job_id),
+                                                 enqueue_retry=enqueue))
+            span.set_attribute("sentinel.job.state", outcome.state)
 
-    def run_periodic(name: str, run_id: str) -> None:
+    def run_periodic(name: str, run_id: str, trace: dict[str, str] | None = None) -> None:
         from sentinel.scheduler import periodic
 
-        _in_thread_loop(periodic.run_manual(settings, name, uuid.UUID(run_id)))
+        with _job_span("run_periodic", trace, **{"sentinel.periodic_job": name, "sentinel.run_id": run_id}):
+            _in_thread_loop(periodic.run_manual(settings, name, uuid.UUID(run_id)))
 
     def tick() -> None:
         from sentinel.scheduler import periodic, runner
 
-        QUEUE_DEPTH.set(huey.pending_count())
-        _in_thread_loop(runner.dispatch(enqueue))
-        _in_thread_loop(periodic.run_due(settings, dt.datetime.now(dt.UTC)))
+        with _job_span("tick", None):
+            QUEUE_DEPTH.set(huey.pending_count())
+            _in_thread_loop(runner.dispatch(enqueue))
+            _in_thread_loop(periodic.run_due(settings, dt.datetime.now(dt.UTC)))
 
     _tasks.update(run_job=huey.task(name="run_job")(run_job),
                   run_periodic=huey.task(name="run_periodic")(run_periodic),
@@ -90,17 +106,23 @@ def huey_for(settings: Settings) -> RedisHuey:
 _tasks: dict[str, Any] = {}
 
 
+def _trace() -> dict[str, Any]:
+    """The current trace context for the message (none without an active span)."""
+    carrier = tracing.carrier()
+    return {"trace": carrier} if carrier else {}
+
+
 def enqueue(tenant_id: uuid.UUID, job_id: uuid.UUID, delay: float = 0.0) -> None:
     """Signal a job (a blocking Redis call; from async code use :func:`enqueue_soon`)."""
     task = _tasks["run_job"]
     if delay > 0:
-        task.schedule(args=(str(tenant_id), str(job_id)), delay=delay)
+        task.schedule(args=(str(tenant_id), str(job_id)), kwargs=_trace(), delay=delay)
     else:
-        task(str(tenant_id), str(job_id))
+        task(str(tenant_id), str(job_id), **_trace())
 
 
 def enqueue_periodic(name: str, run_id: uuid.UUID) -> None:
-    _tasks["run_periodic"](name, str(run_id))
+    _tasks["run_periodic"](name, str(run_id), **_trace())
 
 
 async def enqueue_soon(settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID) -> None:

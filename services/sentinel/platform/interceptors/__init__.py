@@ -121,8 +121,9 @@ class Chain(grpc.aio.ServerInterceptor):
 
 def default_chain(service: str, verifier: TokenVerifier | None,
                   service_verifier: ServiceVerifier | None = None) -> Chain:
-    """The production order: metrics, logging, errors, input, audit, authn, policy; then, around
-    unary handlers, the audit transaction and idempotency."""
+    """The production order: metrics, tracing, logging, errors, input, audit, authn, policy; then,
+    around unary handlers, the audit transaction and idempotency. (The call's span is opened in
+    front of the chain: ``sentinel.platform.tracing.server_interceptors``.)"""
     from sentinel.platform.interceptors.audit import AuditInterceptor, AuditTransaction
     from sentinel.platform.interceptors.authn import AuthnInterceptor
     from sentinel.platform.interceptors.errors import ErrorsInterceptor
@@ -131,9 +132,11 @@ def default_chain(service: str, verifier: TokenVerifier | None,
     from sentinel.platform.interceptors.logging import LoggingInterceptor
     from sentinel.platform.interceptors.metrics import MetricsInterceptor
     from sentinel.platform.interceptors.policy import PolicyInterceptor
+    from sentinel.platform.interceptors.tracing import TracingInterceptor
 
     return Chain([
         MetricsInterceptor(service),
+        TracingInterceptor(),
         LoggingInterceptor(service),
         ErrorsInterceptor(service),
         InputInterceptor(),
