@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from sentinel.common.v1 import common_pb2, common_pb2_grpc
 from sentinel.platform import auditlog, calls, clients, tracing
 from sentinel.platform.config import Settings
+from sentinel.platform.errors import NotFound
 from sentinel.platform.interceptors import default_chain
 from sentinel.platform.logging import JsonFormatter
 from sqlalchemy import create_engine, text
@@ -67,6 +68,8 @@ class Health(common_pb2_grpc.HealthServiceServicer):
     events: list[Any] = []
 
     async def GetHealth(self, request: Any, context: Any) -> common_pb2.GetHealthResponse:
+        if calls.require_call().metadata.get("x-fail"):
+            raise NotFound("no such thing", reason="TEST_NOT_FOUND")
         with ENGINE.connect() as conn:
             conn.execute(text("SELECT 1"))
         Health.events.append(auditlog.build(calls.require_call(), tenant_id=TENANT, action="tenant.update"))
@@ -177,6 +180,25 @@ async def test_service_to_service_calls_carry_the_context(target: str, spans: In
     assert client.context is not None and server.parent is not None
     assert server.parent.span_id == client.context.span_id
     assert server.context is not None and server.context.trace_id == caller.get_span_context().trace_id
+
+
+async def test_a_refused_call_keeps_its_status_and_its_span_records_it(
+        target: str, spans: InMemorySpanExporter) -> None:
+    from opentelemetry.trace import StatusCode
+    from sentinel.platform.interceptors.errors import STATUS_DETAILS_KEY
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await common_pb2_grpc.HealthServiceStub(channel).GetHealth(
+                common_pb2.GetHealthRequest(), metadata=(("x-fail", "1"),))
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND and refused.value.details() == "no such thing"
+    assert STATUS_DETAILS_KEY in dict(refused.value.trailing_metadata() or ())  # google.rpc details still there
+    server = _one(await _settle(spans, 1), SpanKind.SERVER, "GetHealth")
+    # The semantic conventions leave a server span's status unset for the caller's errors (NOT_FOUND,
+    # INVALID_ARGUMENT...): only server-side failures (INTERNAL, UNAVAILABLE...) are span errors.
+    assert server.status.status_code is StatusCode.UNSET
+    assert server.attributes is not None
+    assert server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 async def test_health_probes_are_not_traced(target: str, spans: InMemorySpanExporter) -> None:
