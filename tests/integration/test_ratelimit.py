@@ -209,7 +209,8 @@ def test_api_keys_are_principals_and_forged_keys_charge_no_tenant(
                    json={"display_name": "ci", "role": "ROLE_MEMBER"})
         assert r.status_code == 200, r.text
         account = r.json()["service_account"]["id"]
-        r = c.post(f"/api/v1/serviceAccounts/{account}/keys", headers=ent.headers(0), json={"display_name": "k", "scopes": ["users.read"]})
+        r = c.post(f"/api/v1/serviceAccounts/{account}/keys", headers=ent.headers(0),
+                   json={"display_name": "k", "scopes": ["users.read"]})
         assert r.status_code == 200, r.text
         key = r.json()["secret"]
         # A well-formed key of this tenant that does not exist: refused by the service every time,

@@ -39,12 +39,14 @@ LIB_MIRROR = Path("/work/.mirror/nix-community+nixpkgs.lib/repo")
 PYTHON_PACKAGES = [
     "alembic", "argon2-cffi", "asyncpg", "bcrypt", "cryptography", "googleapis-common-protos", "greenlet",
     "grpcio", "grpcio-health-checking", "grpcio-reflection", "grpcio-status", "grpcio-tools",
-    "hatchling", "httpx", "hypothesis", "opentelemetry-api", "opentelemetry-exporter-otlp-proto-grpc",
+    "hatchling", "httpx", "huey", "hypothesis", "opentelemetry-api", "opentelemetry-exporter-otlp-proto-grpc",
     "opentelemetry-instrumentation-grpc", "opentelemetry-instrumentation-redis",
     "opentelemetry-instrumentation-sqlalchemy", "opentelemetry-sdk", "prometheus-client", "protobuf", "pydantic",
-    "pydantic-settings", "pyjwt", "pytest", "pytest-asyncio", "pytest-timeout", "pyyaml", "redis", "sqlalchemy",
-    "uvloop",
+    "pydantic-settings", "pyjwt", "pytest", "pytest-asyncio", "pytest-timeout", "pyyaml", "redis", "setuptools",
+    "sqlalchemy", "uvloop",
 ]
+# pyproject dependencies nixpkgs lacks: nix/package.nix builds them (`vendored`) from these sdists.
+VENDORED = {"xds-protos": "xds_protos"}
 TOP_LEVEL_PACKAGES = [
     "envoy-bin", "grpcurl", "nixfmt", "postgresql_17", "protobuf", "redis", "ruff", "uv", "zlib",
 ]
@@ -152,6 +154,8 @@ let
     };
     toPythonModule = d: d // { isPythonModule = true; };
     buildPythonApplication = args: drv args.pname (args // { buildPythonApplicationArgs = args; });
+    buildPythonPackage = args: drv args.pname (args // { buildPythonPackageArgs = args; });
+    fetchPypi = args: drv "${args.pname}-${args.version}.tar.gz" args;
   };
 
   pkgs = lib.genAttrs topLevelPackages (n: drv n { }) // {
@@ -329,7 +333,7 @@ def _expected_dependencies() -> list[str]:
         assert m, req
         name = re.sub(r"[-_.]+", "-", m.group(1)).lower()
         extras = [e.strip() for e in (m.group(2) or "").split(",") if e.strip()]
-        for attr in [name, *(a for e in extras for a in EXTRAS[(name, e)])]:
+        for attr in [VENDORED.get(name, name), *(a for e in extras for a in EXTRAS[(name, e)])]:
             if attr not in out:
                 out.append(attr)
     return out
@@ -377,3 +381,18 @@ def test_checks_and_dev_shell(evaluated: dict[str, Any]) -> None:
 def test_source_filter(evaluated: dict[str, Any]) -> None:
     kept = {path for path, keep in evaluated["sourceFilter"].items() if keep}
     assert kept == {"services", "services/sentinel/cli.py", "proto", "pyproject.toml", "README.md", "tests"}
+
+
+def test_vendored_packages_match_the_lock_file() -> None:
+    """What nix/package.nix builds from PyPI is the version and sdist uv.lock pins (no Nix needed)."""
+    import base64
+
+    nix = (REPO / "nix" / "package.nix").read_text()
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    for name, pname in VENDORED.items():
+        locked = next(p for p in lock["package"] if p["name"] == name)
+        digest = locked["sdist"]["hash"].removeprefix("sha256:")
+        sri = "sha256-" + base64.b64encode(bytes.fromhex(digest)).decode()
+        block = nix[nix.index(f'pname = "{pname}"'):]
+        assert f'version = "{locked["version"]}"' in block[:200], name
+        assert f'hash = "{sri}"' in block[:500], name
