@@ -429,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.set_defaults(func=_gateway_check)
 
+    from sentinel.watchdog import cli as watchdog_cli
+
+    watchdog_cli.register(sub)  # sentinel watchdog
+
     from sentinel.devstack import up
 
     p = sub.add_parser("up", help="start the whole stack on embedded defaults (Ctrl-C stops it)")
