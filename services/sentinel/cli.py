@@ -429,8 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.set_defaults(func=_gateway_check)
 
+    from sentinel.host import cli as host_cli
     from sentinel.watchdog import cli as watchdog_cli
 
+    host_cli.add_arguments(sub)  # sentinel host ...: audit rules, install, status, process collector
     watchdog_cli.register(sub)  # sentinel watchdog
 
     from sentinel.devstack import up
