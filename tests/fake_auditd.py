@@ -2,7 +2,8 @@
 
 It names itself ``auditd`` (prctl PR_SET_NAME, so /proc/<pid>/stat shows that comm, as the
 watchdog checks), writes its pid file once its handlers are installed, appends the name of every
-SIGUSR2/SIGHUP it receives to ``--record``, and exits on SIGTERM.
+SIGUSR2/SIGHUP it receives to ``--record`` (the watchdog must only ever send SIGUSR2), and
+exits on SIGTERM.
 
     python tests/fake_auditd.py --pid-file PATH --record PATH
 """

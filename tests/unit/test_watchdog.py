@@ -467,3 +467,29 @@ def test_cli_refuses_the_real_system_under_pytest(tmp_path: Path, auditd: FakeAu
     assert p.returncode == 2 and "real auditd" in p.stderr, "the real pid file"
     with pytest.raises(RealSystemRefused):
         PidFileAuditd()
+
+
+def test_journal_follower_reads_messages(tmp_path: Path) -> None:
+    from sentinel.watchdog.sources import JournalFollower
+
+    entries = tmp_path / "entries.json"
+    entries.write_text(
+        json.dumps({"_TRANSPORT": "kernel", "MESSAGE": LINES["backlog-limit"]}) + "\n"
+        + json.dumps({"SYSLOG_IDENTIFIER": "auditd", "MESSAGE": list(LINES["disk-full"].encode())}) + "\n"
+        + "not json\n" + json.dumps({"MESSAGE": None}) + "\n")
+    fake = tmp_path / "journalctl"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'argv'}\ncat {entries}\nexec sleep 60\n")
+    fake.chmod(0o755)
+    follower = JournalFollower(str(fake))
+    try:
+        got: list[str] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += follower.read_new()
+            time.sleep(0.01)
+    finally:
+        follower.close()
+    assert got == [LINES["backlog-limit"], LINES["disk-full"]], "bytes MESSAGEs decoded, junk skipped"
+    argv = (tmp_path / "argv").read_text().split()
+    assert argv[:5] == ["-f", "-o", "json", "-n", "0"] and "_TRANSPORT=kernel" in argv
+    assert "SYSLOG_IDENTIFIER=auditd" in argv

@@ -14,11 +14,10 @@ Actions, from the least to the most force:
     log and count only (the condition is working as configured, or no signal can help);
 ``resume``
     SIGUSR2 to auditd: "attempt to resume logging" after it suspended (auditd(8));
-``reconfigure``
-    SIGHUP to auditd: re-read auditd.conf (available to operators; no ladder uses it);
 ``reload-rules``
     run the rule loader (``augenrules --load``; on NixOS ``systemctl restart
-    audit-rules-nixos``);
+    audit-rules-nixos``). Not SIGHUP: that makes auditd re-read auditd.conf, not the rules,
+    which the kernel holds and only auditctl loads;
 ``start``
     start auditd when it is not running (``systemctl start auditd``);
 ``restart``
@@ -35,11 +34,11 @@ from typing import Final, Literal
 
 __all__ = ["ACTIONS", "PATTERNS", "RESTARTS", "SIGNALS", "Action", "Pattern", "match"]
 
-Action = Literal["report", "resume", "reconfigure", "reload-rules", "start", "restart"]
-ACTIONS: Final[tuple[Action, ...]] = ("report", "resume", "reconfigure", "reload-rules", "start", "restart")
+Action = Literal["report", "resume", "reload-rules", "start", "restart"]
+ACTIONS: Final[tuple[Action, ...]] = ("report", "resume", "reload-rules", "start", "restart")
 #: Actions that restart the daemon: they go through the restart rate limit.
 RESTARTS: Final[frozenset[Action]] = frozenset(("start", "restart"))
-SIGNALS: Final = {"resume": "SIGUSR2", "reconfigure": "SIGHUP"}
+SIGNALS: Final = {"resume": "SIGUSR2"}
 
 
 @dataclass(frozen=True)
