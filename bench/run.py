@@ -61,7 +61,8 @@ def scrape_errors(metrics_url: str, method: str) -> float:
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
     total = 0.0
     for line in text.splitlines():
-        if line.startswith("sentinel_errors_total{") and f'method="{method}"' in line:
+        # The method label is "<Service>/<Method>" (e.g. UserService/GetUser).
+        if line.startswith("sentinel_errors_total{") and f'/{method}"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
 
