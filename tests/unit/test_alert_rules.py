@@ -16,6 +16,7 @@ import copy
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,7 +31,9 @@ from prometheus_client.utils import floatToGoString
 from sentinel.observability import rules
 from sentinel.observability.rules import NeverFiresError, SpecError
 from sentinel.platform.metrics import LATENCY_BUCKETS
+from sentinel.ratelimit import limiter
 from sentinel.scheduler import periodic, slo
+from sentinel.watchdog import Watchdog
 
 from tests.support import missing_tool
 
@@ -50,6 +53,16 @@ SENTINEL_METRICS = {
     "sentinel_audit_outbox_pending", "sentinel_audit_outbox_failures_total", "sentinel_audit_outbox_dead_letters_total",
     "sentinel_jobs_total", "sentinel_job_duration_seconds_bucket", "sentinel_job_queue_depth",
     "sentinel_component_up", "sentinel_audit_chain_broken",
+}
+#: The audit watchdog's (through the node exporter's textfile collector) and the rate-limit
+#: service's metrics the alerts read; test_alerted_host_and_ratelimit_metrics_are_exported checks
+#: them against the code.
+WATCHDOG_METRICS = {
+    "sentinel_watchdog_auditd_up", "sentinel_watchdog_rules_missing", "sentinel_watchdog_last_scan_timestamp_seconds",
+    "sentinel_watchdog_dry_run",
+}
+RATELIMIT_METRICS = {
+    "sentinel_ratelimit_errors_total", "sentinel_ratelimit_rejections_total", "sentinel_ratelimit_checks_total",
 }
 NODE_METRICS = {
     "node_filesystem_avail_bytes", "node_filesystem_size_bytes", "node_filesystem_readonly",
@@ -157,10 +170,33 @@ def test_rules_read_only_metrics_that_exist() -> None:
     for file, _, rule in committed_rules():
         expr = rule["expr"]
         for name in re.findall(r"(?<![\w:])(sentinel_\w+|node_\w+)(?![\w:])", expr):
-            assert name in SENTINEL_METRICS | NODE_METRICS, f"{file}: {name} is not a metric anything exposes"
+            assert name in SENTINEL_METRICS | NODE_METRICS | WATCHDOG_METRICS | RATELIMIT_METRICS, (
+                f"{file}: {name} is not a metric anything exposes")
         # A recorded name that nothing records would silently match nothing.
         for name in re.findall(r"(?<![\w:])([a-z_]+:[a-z0-9_]+:[a-z0-9_]+)(?![\w:])", expr):
             assert name in recorded, f"{file}: {rule.get('record') or rule.get('alert')} reads {name}, never recorded"
+
+
+class _RunningAuditd:
+    """An auditd the watchdog finds running (pid 1) and never signals (dry run)."""
+
+    def pid(self) -> int | None:
+        return 1
+
+    def signal(self, sig: signal.Signals) -> None:
+        raise AssertionError(f"the dry-run watchdog sent {sig.name}")
+
+
+def test_alerted_host_and_ratelimit_metrics_are_exported() -> None:
+    # One dry-run scan with no rule loaded: every gauge the watchdog alerts read is written.
+    dog = Watchdog(auditd=_RunningAuditd(), sources=[], runner=lambda argv, timeout: (0, ""), dry_run=True)
+    dog.scan()
+    exported = {line.split("{")[0].split()[0] for line in dog.exposition().splitlines()
+                if line and not line.startswith("#")}
+    assert WATCHDOG_METRICS - exported == set(), "gauges the watchdog does not write"
+    # prometheus_client exposes a Counter named x as x_total.
+    counters = {f"{m.name}_total" for c in (limiter.ERRORS, limiter.REJECTIONS, limiter.CHECKS) for m in c.describe()}
+    assert counters == RATELIMIT_METRICS
 
 
 def test_the_scheduler_contract_is_recorded() -> None:
@@ -280,6 +316,12 @@ NEVER_FIRES: list[tuple[str, Mutation, str]] = [
     ("a negative failure threshold",
      _setting("platform.on_demand_failed_max", -1),
      r"SentinelOnDemandJobsFailing: can never resolve"),
+    ("more than 100 % of requests refused",
+     _setting("platform.ratelimit_rejected_ratio_max", 1),
+     r"SentinelRateLimitRejectionsHigh: can never fire: refused share of checked requests over 5m > 1"),
+    ("a negative refusal rate",
+     _setting("platform.ratelimit_rejected_rate_min", -1),
+     r"SentinelRateLimitRejectionsHigh: can never resolve"),
 ]
 
 

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import pytest
 import yaml
 from sentinel.observability import config, dashboards, rules
 from sentinel.scheduler import slo as scheduler_slo
+from sentinel.watchdog import Watchdog
 
 from tests.support import missing_tool
 
@@ -246,6 +248,21 @@ def test_histogram_quantiles_keep_le_and_latency_reads_the_exposed_bucket() -> N
             assert le in SPEC.buckets, (le, q.expr)  # "1.0", as prometheus_client writes it, never "1"
 
 
+class _RunningAuditd:
+    def pid(self) -> int | None:
+        return 1
+
+    def signal(self, sig: signal.Signals) -> None:
+        raise AssertionError(f"the dry-run watchdog sent {sig.name}")
+
+
+def _watchdog_textfile_metrics() -> set[str]:
+    """What the audit watchdog writes to its textfile (one dry-run scan, no rule loaded)."""
+    dog = Watchdog(auditd=_RunningAuditd(), sources=[], runner=lambda argv, timeout: (0, ""), dry_run=True)
+    dog.scan()
+    return {line.split("{")[0].split()[0] for line in dog.exposition().splitlines() if line and line[0] != "#"}
+
+
 def test_metric_names_exist() -> None:
     """Every sentinel_* metric a panel reads is one the code defines (no panel pointing at nothing)."""
     source = "\n".join(p.read_text() for p in (TREE / "services" / "sentinel").rglob("*.py"))
@@ -253,6 +270,7 @@ def test_metric_names_exist() -> None:
     known = set()
     for name in defined:
         known |= {name, f"{name}_total", f"{name}_bucket", f"{name}_count", f"{name}_sum"}
+    known |= _watchdog_textfile_metrics()
     used = {m for q in dashboards.queries(BUILT)
             for m in re.findall(r"\b(sentinel_[a-z_]+)\b", re.sub(r'"[^"]*"', '""', q.expr))}
     assert used - known == {dashboards.PROCESS_MEMORY_METRIC}, used - known  # written by issue 7's collector

@@ -398,6 +398,9 @@ def _red_dashboard(spec: rules.Spec) -> Dashboard:
     )
 
 
+_NO_WATCHDOG: Final = "the audit watchdog is optional (sentinel host install-audit-rules); the live stack runs none"
+
+
 def _host_dashboard(spec: rules.Spec) -> Dashboard:
     inst = 'instance=~"$instance"'
     fs = f'{inst}, fstype!~"{_code_regex(spec.host.ignore_fstypes)}"'
@@ -406,8 +409,9 @@ def _host_dashboard(spec: rules.Spec) -> Dashboard:
     by = ", ".join(("instance", *PROCESS_MEMORY_LABELS))
     return Dashboard(
         uid="sentinel-host", title="Sentinel / Host Metrics Overview",
-        description="CPU, memory, disk, network and filesystems from the node exporter (job node), and the "
-                    "processes using most memory from the process-memory textfile collector.",
+        description="CPU, memory, disk, network and filesystems from the node exporter (job node), the "
+                    "processes using most memory from the process-memory textfile collector, and the audit "
+                    "watchdog's view of auditd.",
         tags=(TAG, "host"),
         variables=(Variable("instance", "Host",
                             f'label_values(node_uname_info{{job="{spec.host.node_job}"}}, instance)'),),
@@ -500,6 +504,17 @@ def _host_dashboard(spec: rules.Spec) -> Dashboard:
                             for metric, legend in (("receive_errs", "rx errors"), ("transmit_errs", "tx errors"),
                                                    ("receive_drop", "rx drops"))),
                       unit="pps", width=12),
+            )),
+            Row("Audit watchdog", (
+                Panel("stat", "Audit watchdog",
+                      "From sentinel-watchdog's textfile at its last scan: auditd down (1: not running; "
+                      "SentinelAuditdDown pages after 5 minutes) and expected audit rule keys not loaded in the "
+                      "kernel (SentinelAuditRulesMissing). Empty on a host without the watchdog.",
+                      (Query(f"1 - sentinel_watchdog_auditd_up{{{inst}}}", "{{instance}} auditd down", instant=True,
+                             empty_ok=_NO_WATCHDOG),
+                       Query(f"sentinel_watchdog_rules_missing{{{inst}}}", "{{instance}} rules missing",
+                             instant=True, empty_ok=_NO_WATCHDOG)),
+                      width=24, height=4, decimals=0, thresholds=_OK_RED),
             )),
         ),
     )

@@ -256,6 +256,11 @@ class HostSpec:
     node_down_for: Duration
     textfile_stale_after: Duration
     textfile_for: Duration
+    # The audit watchdog (sentinel-watchdog, through the textfile collector).
+    auditd_down_for: Duration
+    audit_rules_missing_for: Duration
+    watchdog_stale_after: Duration
+    watchdog_stale_for: Duration
 
 
 @dataclass(frozen=True)
@@ -272,6 +277,12 @@ class PlatformSpec:
     outbox_for: Duration
     outbox_failures_max: Decimal
     outbox_failures_for: Duration
+    # The rate-limit service.
+    ratelimit_window: Duration
+    ratelimit_failing_open_for: Duration
+    ratelimit_rejected_rate_min: Decimal
+    ratelimit_rejected_ratio_max: Decimal
+    ratelimit_rejections_for: Duration
 
 
 @dataclass(frozen=True)
@@ -380,6 +391,8 @@ def _host(r: _Reader) -> HostSpec:
         cpu_busy_max=r.decimal("cpu_busy_max"), cpu_rate_window=r.duration("cpu_rate_window"),
         cpu_for=r.duration("cpu_for"), node_down_for=r.duration("node_down_for"),
         textfile_stale_after=r.duration("textfile_stale_after"), textfile_for=r.duration("textfile_for"),
+        auditd_down_for=r.duration("auditd_down_for"), audit_rules_missing_for=r.duration("audit_rules_missing_for"),
+        watchdog_stale_after=r.duration("watchdog_stale_after"), watchdog_stale_for=r.duration("watchdog_stale_for"),
     )
     r.done()
     return host
@@ -397,7 +410,11 @@ def _platform(r: _Reader) -> PlatformSpec:
         on_demand_failed_max=r.decimal("on_demand_failed_max"), periodic_jobs=periodic,
         component_down_for=r.duration("component_down_for"), outbox_window=r.duration("outbox_window"),
         outbox_for=r.duration("outbox_for"), outbox_failures_max=r.decimal("outbox_failures_max"),
-        outbox_failures_for=r.duration("outbox_failures_for"),
+        outbox_failures_for=r.duration("outbox_failures_for"), ratelimit_window=r.duration("ratelimit_window"),
+        ratelimit_failing_open_for=r.duration("ratelimit_failing_open_for"),
+        ratelimit_rejected_rate_min=r.decimal("ratelimit_rejected_rate_min"),
+        ratelimit_rejected_ratio_max=r.decimal("ratelimit_rejected_ratio_max"),
+        ratelimit_rejections_for=r.duration("ratelimit_rejections_for"),
     )
     r.done()
     return platform
@@ -857,6 +874,61 @@ def _host_group(spec: Spec) -> Group:
     return Group("sentinel-host", alerts)
 
 
+def _watchdog_group(spec: Spec) -> Group:
+    """The audit watchdog's own figures (sentinel_watchdog.prom, served by the node exporter).
+
+    The gauges are what the watchdog saw at its last scan (auditd) or its last rule check (every
+    5 minutes, 1 minute after a reload); the watchdog repairs first and these alerts mean its
+    repairs did not work. A watchdog that stopped leaves its file behind with old figures, so
+    ``SentinelWatchdogStale`` reads the scan time the file carries, not the series' presence.
+    """
+    h = spec.host
+    url = spec.runbook_url
+    zero = Decimal(0)
+    stale = h.watchdog_stale_after
+    alerts = (
+        Alert(
+            alert="SentinelAuditdDown", expr="sentinel_watchdog_auditd_up == 0", severity="page",
+            for_=h.auditd_down_for,
+            summary=f"{{{{ $labels.instance }}}}: auditd not running for {h.auditd_down_for}",
+            description="The audit watchdog finds no auditd process: the kernel's audit events are not written "
+                        "and the host's audit trail has a gap. The watchdog starts and restarts auditd itself "
+                        "(rate-limited, with backoff), so this long means its attempts failed or were refused by "
+                        "the limit, or it runs with --dry-run (sentinel_watchdog_dry_run 1). Read `systemctl "
+                        "status auditd`, `journalctl -u auditd` and the watchdog's watchdog.action log lines, fix "
+                        "the cause (a bad auditd.conf, a full log partition) and start auditd.",
+            runbook_url=f"{url}#{_anchor('SentinelAuditdDown')}",
+            conditions=(Condition("auditd up", "==", zero, low=zero, high=Decimal(1)),),
+        ),
+        Alert(
+            alert="SentinelAuditRulesMissing", expr="sentinel_watchdog_rules_missing > 0", severity="ticket",
+            for_=h.audit_rules_missing_for,
+            summary="{{ $labels.instance }}: {{ $value }} expected audit rule key(s) not loaded in the kernel",
+            description="`auditctl -l` lacks some of the audit rule keys Sentinel installs, so those events "
+                        "(exec, failed opens, ptrace ...) are not recorded. The watchdog reloads the rules, then "
+                        "restarts auditd; still missing means that failed: an immutable rule set (-e 2, only a "
+                        "reboot loads new rules), a rule file that does not load, or the rules not installed. "
+                        "Run `sudo sentinel host status` and `auditctl -l`; the watchdog's rules-missing log line "
+                        "names the keys.",
+            runbook_url=f"{url}#{_anchor('SentinelAuditRulesMissing')}",
+            conditions=(Condition("missing rule keys", ">", zero, low=zero),),
+        ),
+        Alert(
+            alert="SentinelWatchdogStale",
+            expr=f"time() - sentinel_watchdog_last_scan_timestamp_seconds > {stale.seconds}",
+            severity="ticket", for_=h.watchdog_stale_for,
+            summary=f"{{{{ $labels.instance }}}}: the audit watchdog has not scanned for more than {stale}",
+            description="sentinel-watchdog scans every 10 seconds, but the last scan its textfile reports is "
+                        "older than " + stale.text + ": the watchdog stopped or hangs. Nobody repairs auditd, "
+                        "and SentinelAuditdDown and SentinelAuditRulesMissing judge old figures. Check `systemctl "
+                        "status sentinel-watchdog` and its journal, and restart it.",
+            runbook_url=f"{url}#{_anchor('SentinelWatchdogStale')}",
+            conditions=(Condition("watchdog scan age in seconds", ">", Decimal(stale.seconds)),),
+        ),
+    )
+    return Group("sentinel-watchdog", alerts)
+
+
 def _new_or_increased(selector: str, window: Duration, by: str) -> str:
     """Counter events over ``window``, including the first one.
 
@@ -1002,7 +1074,49 @@ def _service_groups(spec: Spec) -> tuple[Group, ...]:
                                   window=p.outbox_window),),
         ),
     ))
-    return processes, jobs, audit
+    w = p.ratelimit_window
+    rejected = f"sum by (tier, class) (rate(sentinel_ratelimit_rejections_total[{w}]))"
+    checked = f"sum by (tier, class) (rate(sentinel_ratelimit_checks_total[{w}]))"
+    ratelimit = Group("sentinel-ratelimit", (
+        Alert(
+            alert="SentinelRateLimiterFailingOpen",
+            expr=f"sum by (job, instance) (increase(sentinel_ratelimit_errors_total[{w}])) > 0",
+            severity="ticket", for_=p.ratelimit_failing_open_for,
+            summary="{{ $labels.instance }}: rate-limit decisions fail open (Redis unreachable or slow)",
+            description="The rate-limit service cannot count in Redis and lets every request through, so no "
+                        "rate limit is enforced (the services' login throttle still guards credentials). "
+                        "reason=\"redis\" counts failed Redis calls, reason=\"redis_backoff\" the requests "
+                        "passed unchecked after one. Check Redis (SentinelComponentDown for redis, `redis-cli "
+                        "ping`, its memory and latency) and the rate-limit service's logs.",
+            runbook_url=f"{url}#{_anchor('SentinelRateLimiterFailingOpen')}",
+            # Deliberately sustained: failures in every window for the whole `for`, not one blip.
+            conditions=(Condition(f"failed-open decisions over {w}", ">", zero, low=zero, window=w,
+                                  sustained=True),),
+        ),
+        Alert(
+            alert="SentinelRateLimitRejectionsHigh",
+            expr=(f"{rejected} > {_num(p.ratelimit_rejected_rate_min)}\nand on (tier, class)\n"
+                  f"(\n{_indent(rejected)}\n  /\n{_indent(checked)}\n) > {_num(p.ratelimit_rejected_ratio_max)}"),
+            severity="ticket", for_=p.ratelimit_rejections_for,
+            summary=f"rate limit {{{{ $labels.tier }}}}/{{{{ $labels.class }}}}: more than "
+                    f"{_pct(p.ratelimit_rejected_ratio_max)} of requests refused for {p.ratelimit_rejections_for}",
+            description=f"The {{{{ $labels.tier }}}} tier refuses more than {_pct(p.ratelimit_rejected_ratio_max)} of "
+                        f"the {{{{ $labels.class }}}} requests it counts, at more than "
+                        f"{_num(p.ratelimit_rejected_rate_min)} per second (HTTP 429, gRPC RESOURCE_EXHAUSTED). "
+                        "Either a client is hammering (a retry loop, a scraper, credential stuffing on auth) "
+                        "or the limits are too tight for genuine load. Find the clients in Envoy's access log "
+                        "(status 429 by downstream_remote_address, tenant_id, subject); contact or block them, or "
+                        "raise the limits if the load is genuine.",
+            runbook_url=f"{url}#{_anchor('SentinelRateLimitRejectionsHigh')}",
+            conditions=(
+                Condition(f"refused requests per second over {w}", ">", p.ratelimit_rejected_rate_min, low=zero,
+                          window=w, sustained=True),
+                Condition(f"refused share of checked requests over {w}", ">", p.ratelimit_rejected_ratio_max,
+                          low=zero, high=Decimal(1), window=w, sustained=True),
+            ),
+        ),
+    ))
+    return processes, jobs, audit, ratelimit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1152,8 +1266,8 @@ def render(groups: Sequence[Group], about: str) -> str:
 _ABOUT: Final = {
     RECORDING_FILE: "SLO recording rules: Sloth-compatible SLIs and meta series, the scheduler's contract names.",
     ALERTS_FILE: "SLO alerts: multiwindow multi-burn-rate per SLO, absent and blind-SLI alerts.",
-    HOST_FILE: "Host alerts from the node exporter: disk, memory, CPU, node down, textfile collector.",
-    SERVICE_FILE: "Platform alerts: instances, DB pool, health check, jobs, audit delivery and integrity.",
+    HOST_FILE: "Host alerts from the node exporter: disk, memory, CPU, node down, textfile collector, audit watchdog.",
+    SERVICE_FILE: "Platform alerts: instances, DB pool, health check, jobs, audit delivery and integrity, rate limits.",
 }
 
 
@@ -1164,7 +1278,7 @@ def build(spec: Spec) -> dict[str, tuple[Group, ...]]:
     return {
         RECORDING_FILE: (_sli_group(spec),),
         ALERTS_FILE: (*burn, Group("sentinel-slo-absent", tuple(_absent_alerts(spec)))),
-        HOST_FILE: (_host_group(spec),),
+        HOST_FILE: (_host_group(spec), _watchdog_group(spec)),
         SERVICE_FILE: _service_groups(spec),
     }
 
