@@ -257,7 +257,7 @@ class Limiter:
             counts = await self._count(keys=[c.key for c in checks], args=[max(hits, 1), *limits, *ttls])
         except RedisError as err:
             # Fail open: an unreachable Redis must not take the API down. The services' own
-            # login throttle still guards credentials; the error counter pages (alerts/).
+            # login throttle still guards credentials; SentinelRateLimiterFailingOpen (alerts/) opens a ticket.
             ERRORS.labels("redis").inc()
             self._redis_down_until = time.monotonic() + REDIS_BACKOFF_SECONDS
             log.warning("rate-limit decisions fail open for %.0f s", REDIS_BACKOFF_SECONDS,
