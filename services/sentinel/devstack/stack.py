@@ -87,6 +87,7 @@ class Ports:
     grpc: Mapping[str, int] = field(default_factory=lambda: {n: p[0] for n, p in DEFAULT_PORTS.items()})
     metrics: Mapping[str, int] = field(default_factory=lambda: {n: p[1] for n, p in DEFAULT_PORTS.items()})
     worker_metrics: int = 9105
+    prometheus: int = 9090  # only when `sentinel up` finds a Prometheus binary
     #: Ports of further instances (``user-2``...) not listed in grpc/metrics: free ones (True, as
     #: Ports.free() sets) or the first instance's + INSTANCE_PORT_STEP x (n - 1) (False).
     free_instances: bool = False
@@ -95,7 +96,7 @@ class Ports:
     def free(cls) -> Ports:
         return cls(free_port(), free_port(), free_port(), free_port(),
                    {n: free_port() for n in DEFAULT_PORTS}, {n: free_port() for n in DEFAULT_PORTS}, free_port(),
-                   free_instances=True)
+                   prometheus=free_port(), free_instances=True)
 
     def with_instances(self, names: Iterable[str]) -> Ports:
         """These ports, plus a gRPC and a metrics port for every instance name (``user-2``) not listed yet."""
@@ -479,6 +480,42 @@ class Stack:
                            env=self.service_env("ratelimit"))
         self._wait(functools.partial(self._grpc_serving, self.service_target("ratelimit")), proc, timeout,
                    "rate-limit service")
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.ports.prometheus}"
+
+    def start_prometheus(self, timeout: float = 60.0) -> bool:
+        """Prometheus scraping every process of this stack with the generated rules loaded, when a
+        binary is found (``SENTINEL_PROMETHEUS_BIN``, then ``PATH``; e.g. Debian's ``prometheus``).
+
+        False (and says why) when there is none: the stack runs fine without it. Same job names
+        as production (sentinel.observability.config), so the dashboards and rules apply as-is.
+        """
+        import yaml
+
+        from sentinel.observability import config
+
+        binary = os.environ.get("SENTINEL_PROMETHEUS_BIN") or shutil.which("prometheus")
+        if not binary:
+            self.say("  Prometheus not found (install it, e.g. Debian's `prometheus`, or set "
+                     "SENTINEL_PROMETHEUS_BIN): not started")
+            return False
+        rules_dir = Path(__file__).resolve().parents[3] / "alerts" / "generated"  # a checkout; not in a wheel
+        rule_files = sorted(str(p) for p in rules_dir.glob(config.RULES_GLOB)) if rules_dir.is_dir() else []
+        if not rule_files:
+            self.say(f"  no generated rules in {rules_dir}: Prometheus starts without recording rules and alerts")
+        home = self.data_dir / "prometheus"
+        home.mkdir(exist_ok=True)
+        conf = home / "prometheus.yml"
+        conf.write_text(yaml.safe_dump(config.prometheus_config(
+            config.stack_jobs(self), scrape_interval="15s", evaluation_interval="15s", rule_files=rule_files),
+            sort_keys=False))
+        proc = self._spawn("prometheus", [binary, f"--config.file={conf}", f"--storage.tsdb.path={home / 'data'}",
+                                          f"--web.listen-address={self.host}:{self.ports.prometheus}",
+                                          config.PROMETHEUS_RETENTION_FLAG, "--log.level=warn"])
+        self._wait(lambda: self._http_ok(f"{self.prometheus_url}/-/ready"), proc, timeout, "Prometheus")
+        return True
 
     def start_worker(self, timeout: float = 60.0) -> None:
         """The job consumer (huey): ready once its metrics endpoint answers."""

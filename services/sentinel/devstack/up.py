@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (default 9901)")
     p.add_argument("--postgres-port", type=int, default=5432, help="embedded PostgreSQL port (default 5432)")
     p.add_argument("--redis-port", type=int, default=6379, help="embedded Redis port (default 6379)")
+    p.add_argument("--prometheus-port", type=int, default=9090,
+                   help="Prometheus port, when a prometheus binary is found (default 9090)")
     p.add_argument("--free-ports", action="store_true",
                    help="pick free ports for everything (a second stack beside the default one)")
     p.add_argument("--instances", action="append", default=[], metavar="SERVICE=N", type=_instances,
@@ -43,6 +45,9 @@ def endpoints(stack: Stack) -> str:
     lines += [f"  {n + ' service':<20} {stack.service_target(n)}   metrics {stack.metrics_url(n)}"
               for n in stack.instance_names()]
     lines += [f"  {'job worker':<20} huey on Redis          metrics {stack.worker_metrics_url}"]
+    lines += [f"  {'rate limits':<20} {stack.service_target('ratelimit')}   metrics {stack.metrics_url('ratelimit')}"]
+    if any(p.name == "prometheus" for p in stack.procs):
+        lines += [f"  {'Prometheus':<20} {stack.prometheus_url}   (every process scraped, alerts/ rules loaded)"]
     lines += [
         f"  PostgreSQL           {stack.host}:{stack.ports.postgres} (database sentinel; "
         f"passwords in {stack.secrets_dir})",
@@ -58,7 +63,8 @@ def endpoints(stack: Stack) -> str:
 
 def run(ns: argparse.Namespace) -> int:
     ports = Ports.free() if ns.free_ports else Ports(postgres=ns.postgres_port, redis=ns.redis_port,
-                                                     envoy=ns.port, envoy_admin=ns.admin_port)
+                                                     envoy=ns.port, envoy_admin=ns.admin_port,
+                                                     prometheus=ns.prometheus_port)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -71,6 +77,7 @@ def run(ns: argparse.Namespace) -> int:
         stack = Stack(ns.data_dir, ports=ports, echo=sys.stdout, instances=dict(ns.instances))
         print(f"starting Sentinel in {stack.data_dir}", flush=True)
         stack.start()
+        stack.start_prometheus()
     except StackError as e:
         print(f"sentinel up: {e}", file=sys.stderr)
         return 1

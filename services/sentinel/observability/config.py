@@ -101,9 +101,14 @@ def production_jobs(host: str = "127.0.0.1") -> tuple[ScrapeJob, ...]:
 
 
 class _StackPorts(Protocol):
-    metrics: Mapping[str, int]
-    worker_metrics: int
-    envoy_admin: int
+    @property
+    def metrics(self) -> Mapping[str, int]: ...
+
+    @property
+    def worker_metrics(self) -> int: ...
+
+    @property
+    def envoy_admin(self) -> int: ...
 
 
 class _Stack(Protocol):
