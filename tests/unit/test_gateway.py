@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,6 +223,45 @@ def test_cli_render_writes_config_and_descriptor(tmp_path: Path) -> None:
     assert cors["allow_credentials"] is True and cors["allow_origin_string_match"] == [{"exact": "https://a.example"}]
 
 
+def test_cli_render_from_a_json_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--config FILE.json` (the NixOS module's build step): every GatewayConfig field, JSON out."""
+    from sentinel import cli
+
+    out_dir = tmp_path / "gw"
+    config = {"upstreams": {"tenant": "10.0.0.1:50051", "user": ["10.0.0.2:50052", "10.0.0.3:50052"],
+                            "audit": "10.0.0.4:50053", "scheduler": "10.0.0.5:50054"},
+              "descriptor_set_path": str(out_dir / "sentinel.pb"), "docs_dir": str(out_dir / "docs"),
+              "listen_host": "0.0.0.0", "listen_port": 80, "admin_port": 9911, "tls_cert_file": "/run/c.pem",
+              "tls_key_file": "/run/k.pem", "tls_port": 443, "cors_allowed_origins": ["https://a.example"],
+              "ratelimit_address": None, "access_log_path": "/var/log/envoy/access.log"}
+    path = tmp_path / "gateway.json"
+    path.write_text(json.dumps(config))
+    cfg = gw.config_from_json(config)
+    assert cfg.upstreams["user"] == ["10.0.0.2:50052", "10.0.0.3:50052"]
+    assert (cfg.tls_cert_file, cfg.cors_allowed_origins, cfg.ratelimit_address) == (
+        Path("/run/c.pem"), ("https://a.example",), None)
+    args = ["gateway", "render", "--config", str(path), "--format", "json", "-o", str(tmp_path / "envoy.json"),
+            "--write-descriptor-set", "--write-docs", "--docs-template", str(REPO / "gateway" / "docs" / "index.html")]
+    assert cli.main(args) == 0
+    assert json.loads((tmp_path / "envoy.json").read_text()) == json.loads(json.dumps(gw.render(cfg)))
+    assert (out_dir / "sentinel.pb").stat().st_size > 0 and (out_dir / "docs" / "openapi.json").is_file()
+
+    for bad, message in (({**config, "listen_prot": 1}, "unknown key(s) listen_prot"),
+                         ({k: v for k, v in config.items() if k != "upstreams"}, "missing key(s) upstreams"),
+                         ({**config, "listen_port": "80"}, "listen_port must be a JSON int"),
+                         ({**config, "cors_allow_credentials": 1}, "cors_allow_credentials must be a JSON bool"),
+                         ({**config, "admin_port": True}, "admin_port must be a JSON int"),
+                         ({**config, "upstreams": {"tenant": 5}}, "upstreams must map each backend"),
+                         ({**config, "tls_key_file": None}, "TLS needs both tls_cert_file and tls_key_file")):
+        path.write_text(json.dumps(bad))
+        capsys.readouterr()
+        assert cli.main(["gateway", "render", "--config", str(path)]) == 2
+        assert message in capsys.readouterr().err
+    path.write_text(json.dumps({**config, "docs_dir": None}))
+    assert cli.main(["gateway", "render", "--config", str(path), "--write-docs"]) == 2
+    assert "--write-docs needs a docs directory" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- real Envoy
 
 
@@ -285,37 +324,46 @@ class Gateway:
         return {"authorization": f"Bearer {token}"}
 
 
+@contextlib.asynccontextmanager
+async def fake_backend(key: Ed25519PrivateKey,
+                       *more: Callable[[grpc.aio.Server], None]) -> AsyncIterator[int]:
+    """An in-test gRPC backend on a free port (its port): tenant lookups, the JWKS for ``key``,
+    grpc.health SERVING, and whatever ``more`` registers. Partial fakes: other RPCs answer
+    UNIMPLEMENTED."""
+    server = grpc.aio.server()
+    tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(FakeTenants(), server)  # type: ignore[abstract]
+    user_service_pb2_grpc.add_AuthServiceServicer_to_server(FakeAuth(key), server)  # type: ignore[abstract]
+    for register in more:
+        register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    try:
+        yield port
+    finally:
+        await server.stop(grace=None)
+
+
 @pytest.fixture(scope="module")
 async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
     envoy = envoy_binary()
     tmp = tmp_path_factory.mktemp("gateway")
     key = Ed25519PrivateKey.generate()
-
-    server = grpc.aio.server()
-    # Partial fakes: the other RPCs answer UNIMPLEMENTED.
-    tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(FakeTenants(), server)  # type: ignore[abstract]
-    user_service_pb2_grpc.add_AuthServiceServicer_to_server(FakeAuth(key), server)  # type: ignore[abstract]
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    backend_port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-
-    port, admin = free_port(), free_port()
-    cfg = gw.GatewayConfig(
-        upstreams={b: f"127.0.0.1:{backend_port}" for b in gw.BACKENDS},
-        descriptor_set_path=gw.write_descriptor_set(tmp / "sentinel.pb"),
-        listen_port=port, admin_port=admin, max_request_bytes=64 * 1024, cors_allowed_origins=(APP_ORIGIN,),
-        access_log_path=str(tmp / "access.log"),
-    )
-    conf = tmp / "envoy.yaml"
-    conf.write_text(gw.render_yaml(cfg))
-    gateway = Gateway(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", key, tmp / "access.log")
-    try:
+    async with fake_backend(key) as backend_port:
+        port, admin = free_port(), free_port()
+        cfg = gw.GatewayConfig(
+            upstreams={b: f"127.0.0.1:{backend_port}" for b in gw.BACKENDS},
+            descriptor_set_path=gw.write_descriptor_set(tmp / "sentinel.pb"),
+            listen_port=port, admin_port=admin, max_request_bytes=64 * 1024, cors_allowed_origins=(APP_ORIGIN,),
+            access_log_path=str(tmp / "access.log"),
+        )
+        conf = tmp / "envoy.yaml"
+        conf.write_text(gw.render_yaml(cfg))
+        gateway = Gateway(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", key, tmp / "access.log")
         async with running_envoy(envoy, conf, tmp, gateway.base_url, gateway.bearer(sign(key))):
             yield gateway
-    finally:
-        await server.stop(grace=None)
 
 
 @contextlib.asynccontextmanager

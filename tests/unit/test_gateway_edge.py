@@ -21,13 +21,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sentinel.gateway import envoy as gw
 from sentinel.tenant.v1 import tenant_service_pb2, tenant_service_pb2_grpc
-from sentinel.user.v1 import user_service_pb2_grpc
 
 from tests.support import envoy_binary, free_port
-from tests.unit.test_gateway import APP_ORIGIN, KNOWN_TENANT, FakeAuth, FakeTenants, running_envoy, sign
+from tests.unit.test_gateway import APP_ORIGIN, KNOWN_TENANT, fake_backend, running_envoy, sign
 
 CORS_HEADERS = ("authorization", "content-type", "x-trace-tag")
 
@@ -74,32 +72,21 @@ async def edge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TlsGat
     envoy = envoy_binary()
     tmp = tmp_path_factory.mktemp("edge")
     key = Ed25519PrivateKey.generate()
-    server = grpc.aio.server()
-    tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(FakeTenants(), server)  # type: ignore[abstract]
-    user_service_pb2_grpc.add_AuthServiceServicer_to_server(FakeAuth(key), server)  # type: ignore[abstract]
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    backend = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-
-    cert, cert_key = self_signed(tmp)
-    port, tls_port = free_port(), free_port()
-    cfg = gw.GatewayConfig(
-        upstreams={b: f"127.0.0.1:{backend}" for b in gw.BACKENDS},
-        descriptor_set_path=gw.write_descriptor_set(tmp / "sentinel.pb"),
-        listen_port=port, admin_port=free_port(), tls_port=tls_port, tls_cert_file=cert, tls_key_file=cert_key,
-        cors_allowed_origins=(APP_ORIGIN,), cors_allow_credentials=True, cors_allow_methods=("GET", "POST"),
-        cors_allow_headers=CORS_HEADERS, cors_max_age_seconds=120, access_log_path=str(tmp / "access.log"),
-    )
-    conf = tmp / "envoy.yaml"
-    conf.write_text(gw.render_yaml(cfg))
-    edge = TlsGateway(f"https://127.0.0.1:{tls_port}", f"http://127.0.0.1:{port}", tls_port, cert, key)
-    try:
+    async with fake_backend(key) as backend:
+        cert, cert_key = self_signed(tmp)
+        port, tls_port = free_port(), free_port()
+        cfg = gw.GatewayConfig(
+            upstreams={b: f"127.0.0.1:{backend}" for b in gw.BACKENDS},
+            descriptor_set_path=gw.write_descriptor_set(tmp / "sentinel.pb"),
+            listen_port=port, admin_port=free_port(), tls_port=tls_port, tls_cert_file=cert, tls_key_file=cert_key,
+            cors_allowed_origins=(APP_ORIGIN,), cors_allow_credentials=True, cors_allow_methods=("GET", "POST"),
+            cors_allow_headers=CORS_HEADERS, cors_max_age_seconds=120, access_log_path=str(tmp / "access.log"),
+        )
+        conf = tmp / "envoy.yaml"
+        conf.write_text(gw.render_yaml(cfg))
+        edge = TlsGateway(f"https://127.0.0.1:{tls_port}", f"http://127.0.0.1:{port}", tls_port, cert, key)
         async with running_envoy(envoy, conf, tmp, edge.https_url, edge.bearer(), verify=edge.trust):
             yield edge
-    finally:
-        await server.stop(grace=None)
 
 
 async def test_https_serves_the_api_with_hsts(edge: TlsGateway) -> None:

@@ -23,18 +23,15 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.api import httpbody_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sentinel.audit.v1 import audit_pb2, audit_service_pb2, audit_service_pb2_grpc
 from sentinel.gateway import envoy as gw
 from sentinel.gateway import openapi
 from sentinel.platform import contracts
 from sentinel.policy.v1 import policy_pb2
 from sentinel.scheduler.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
-from sentinel.tenant.v1 import tenant_service_pb2_grpc
-from sentinel.user.v1 import user_service_pb2_grpc
 
 from tests.support import envoy_binary, free_port
-from tests.unit.test_gateway import KNOWN_TENANT, FakeAuth, FakeTenants, running_envoy, sign
+from tests.unit.test_gateway import KNOWN_TENANT, fake_backend, running_envoy, sign
 
 SCHEMAS = "#/components/schemas/"
 
@@ -389,32 +386,23 @@ async def docs_gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
     envoy = envoy_binary()
     tmp = tmp_path_factory.mktemp("docs-gateway")
     key = Ed25519PrivateKey.generate()
-    server = grpc.aio.server()
-    tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(FakeTenants(), server)  # type: ignore[abstract]
-    user_service_pb2_grpc.add_AuthServiceServicer_to_server(FakeAuth(key), server)  # type: ignore[abstract]
-    scheduler_service_pb2_grpc.add_SchedulerServiceServicer_to_server(FakeScheduler(), server)  # type: ignore[abstract]
-    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(FakeAudit(), server)  # type: ignore[abstract]
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    backend_port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    def more(server: grpc.aio.Server) -> None:
+        scheduler_service_pb2_grpc.add_SchedulerServiceServicer_to_server(FakeScheduler(), server)  # type: ignore[abstract]
+        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(FakeAudit(), server)  # type: ignore[abstract]
 
-    docs_dir = tmp / "gateway"
-    openapi.write_docs(docs_dir)
-    port = free_port()
-    cfg = gw.GatewayConfig(upstreams={b: f"127.0.0.1:{backend_port}" for b in gw.BACKENDS},
-                           descriptor_set_path=gw.write_descriptor_set(docs_dir / "sentinel.pb"),
-                           listen_port=port, admin_port=free_port(), access_log_path=str(tmp / "access.log"),
-                           docs_dir=docs_dir)
-    conf = tmp / "envoy.yaml"
-    conf.write_text(gw.render_yaml(cfg))
-    gateway = DocsGateway(f"http://127.0.0.1:{port}", key, docs_dir)
-    try:
+    async with fake_backend(key, more) as backend_port:
+        docs_dir = tmp / "gateway"
+        openapi.write_docs(docs_dir)
+        port = free_port()
+        cfg = gw.GatewayConfig(upstreams={b: f"127.0.0.1:{backend_port}" for b in gw.BACKENDS},
+                               descriptor_set_path=gw.write_descriptor_set(docs_dir / "sentinel.pb"),
+                               listen_port=port, admin_port=free_port(), access_log_path=str(tmp / "access.log"),
+                               docs_dir=docs_dir)
+        conf = tmp / "envoy.yaml"
+        conf.write_text(gw.render_yaml(cfg))
+        gateway = DocsGateway(f"http://127.0.0.1:{port}", key, docs_dir)
         async with running_envoy(envoy, conf, tmp, gateway.base_url, gateway.bearer()):
             yield gateway
-    finally:
-        await server.stop(grace=None)
 
 
 @pytest.fixture
