@@ -160,6 +160,11 @@ def _admin_bootstrap(ns: argparse.Namespace) -> int:
 
     email = ns.email or os.environ.get("SENTINEL_BOOTSTRAP_ADMIN_EMAIL")
     password = os.environ.get("SENTINEL_BOOTSTRAP_ADMIN_PASSWORD")
+    password_file = os.environ.get("SENTINEL_BOOTSTRAP_ADMIN_PASSWORD_FILE")
+    if not password and password_file:  # like every setting: relative to $CREDENTIALS_DIRECTORY
+        from sentinel.platform.config import read_secret_file
+
+        password = read_secret_file(password_file)
     result = asyncio.run(ensure_platform_admin(get_settings(), email, password))
     print(result.describe())
     return 0
@@ -291,10 +296,18 @@ def _audit_export(ns: argparse.Namespace) -> int:
 
 def _gateway_render(ns: argparse.Namespace) -> int:
     import dataclasses
+    import json
 
-    from sentinel.gateway import envoy
+    from sentinel.gateway import envoy, openapi
 
-    cfg = envoy.dev_config()
+    if ns.config:
+        try:
+            cfg = envoy.config_from_json(json.loads(ns.config.read_text()))
+        except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError
+            print(f"sentinel gateway render: {ns.config}: {e}", file=sys.stderr)
+            return 2
+    else:
+        cfg = envoy.dev_config()
     changes: dict[str, object] = {}
     if ns.descriptor_set:
         changes["descriptor_set_path"] = ns.descriptor_set
@@ -308,9 +321,19 @@ def _gateway_render(ns: argparse.Namespace) -> int:
     if ns.no_rate_limit:
         changes["ratelimit_address"] = None
     cfg = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
+    try:
+        text = (json.dumps(envoy.render(cfg), indent=2) + "\n" if ns.format == "json"
+                else envoy.render_yaml(cfg))
+    except ValueError as e:  # upstreams, addresses, TLS halves, the JWKS URI
+        print(f"sentinel gateway render: {e}", file=sys.stderr)
+        return 2
+    if ns.write_docs and cfg.docs_dir is None:
+        print("sentinel gateway render: --write-docs needs a docs directory (docs_dir in --config)", file=sys.stderr)
+        return 2
     if ns.write_descriptor_set:
         envoy.write_descriptor_set(cfg.descriptor_set_path)
-    text = envoy.render_yaml(cfg)
+    if ns.write_docs and cfg.docs_dir is not None:
+        openapi.write_docs(cfg.docs_dir, template=ns.docs_template)
     if ns.output:
         ns.output.write_text(text)
     else:
@@ -424,6 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow browsers on this origin (repeat for several)")
     p.add_argument("--cors-allow-credentials", action="store_true", help="send Access-Control-Allow-Credentials")
     p.add_argument("--no-rate-limit", action="store_true", help="no rate-limit filter (no sentinel ratelimit running)")
+    p.add_argument("--config", type=Path, metavar="FILE.json",
+                   help="render this GatewayConfig (a JSON object of its fields: upstreams, listen_host/port, "
+                        "admin_host/port, tls_cert_file/tls_key_file/tls_port, cors_*, ratelimit_address, "
+                        "jwks_uri, docs_dir, access_log_path, ...) instead of the dev config; the flags above "
+                        "still apply on top")
+    p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="output format (default yaml)")
+    p.add_argument("--write-docs", action="store_true",
+                   help="also write openapi.json and the docs page into the config's docs directory")
+    p.add_argument("--docs-template", type=Path, default=None,
+                   help="the docs page to copy (default gateway/docs/index.html of the checkout)")
     p.set_defaults(func=_gateway_render)
     p = gateway.add_parser("check", help="strictly check Envoy bootstrap files (YAML/JSON) against the v3 API protos")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")

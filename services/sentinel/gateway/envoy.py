@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -179,6 +179,55 @@ def dev_config() -> GatewayConfig:
     """The configuration ``gateway/envoy.dev.yaml`` is rendered from (dev ports, §2)."""
     return GatewayConfig(upstreams=dict(DEV_UPSTREAMS), descriptor_set_path=DEV_DESCRIPTOR_SET_PATH,
                          docs_dir=DEV_DESCRIPTOR_SET_PATH.parent, ratelimit_address=DEV_RATELIMIT_ADDRESS)
+
+
+#: GatewayConfig fields as JSON (``sentinel gateway render --config``, which the NixOS module runs at
+#: build time): the JSON type each takes. Paths are strings; ``null`` where the field allows None.
+_JSON_PATHS = ("descriptor_set_path", "tls_cert_file", "tls_key_file", "docs_dir")
+_JSON_OPTIONAL = ("tls_cert_file", "tls_key_file", "docs_dir", "ratelimit_address")
+_JSON_STRING_LISTS = ("cors_allowed_origins", "cors_allow_methods", "cors_allow_headers")
+_JSON_REQUIRED = ("upstreams", "descriptor_set_path")
+
+
+def config_from_json(data: object) -> GatewayConfig:
+    """A :class:`GatewayConfig` from JSON data: an object whose keys are its field names.
+
+    ``upstreams`` maps each backend to ``"host:port"`` or a list of them (one per instance), the
+    paths are strings, the tuples are lists of strings. Unknown keys, missing required ones
+    (``upstreams``, ``descriptor_set_path``) and wrong types are refused with a ValueError naming
+    the key, so a typo in a deployment's options cannot silently fall back to a default.
+    """
+    if not isinstance(data, dict):
+        raise ValueError("gateway config: expected a JSON object")
+    known = {f.name: f for f in fields(GatewayConfig)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"gateway config: unknown key(s) {', '.join(unknown)}")
+    missing = [k for k in _JSON_REQUIRED if k not in data]
+    if missing:
+        raise ValueError(f"gateway config: missing key(s) {', '.join(missing)}")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if value is None and key in _JSON_OPTIONAL:
+            values[key] = None
+        elif key == "upstreams":
+            if not isinstance(value, dict) or not all(
+                    isinstance(v, str) or (isinstance(v, list) and all(isinstance(a, str) for a in v))
+                    for v in value.values()):
+                raise ValueError("gateway config: upstreams must map each backend to \"host:port\" or a list of them")
+            values[key] = {name: v if isinstance(v, str) else list(v) for name, v in value.items()}
+        elif key in _JSON_STRING_LISTS:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"gateway config: {key} must be a list of strings")
+            values[key] = tuple(value)
+        else:
+            default = known[key].default
+            expected: type = str if key in _JSON_PATHS or key == "ratelimit_address" else type(default)
+            # bool is an int subclass: 1 is not true and true is not 1 here.
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ValueError(f"gateway config: {key} must be a JSON {expected.__name__}, not {value!r}")
+            values[key] = Path(str(value)) if key in _JSON_PATHS else value
+    return GatewayConfig(**values)
 
 
 def response_body_bindings() -> list[str]:
