@@ -37,7 +37,8 @@
       # devShells.<system>.default: Python + uv + the dev-stack binaries + protoc/grpcurl/ruff/nixfmt.
       devShells = forEachSystem "devShells";
 
-      # checks.<system>.{sentinel,ruff,unit-tests}: run by `nix flake check` (see docs/nix.md).
+      # checks.<system>.{sentinel,ruff,unit-tests,vm}: run by `nix flake check` (see docs/nix.md);
+      # vm boots the example host in a NixOS VM (needs KVM).
       checks = forEachSystem "checks";
 
       formatter = forEachSystem "formatter";
@@ -47,7 +48,45 @@
         sentinel = final.callPackage ./nix/package.nix { };
       };
 
-      # nixosModules: the NixOS modules (services, Postgres+RLS, Redis, Envoy, observability) come
-      # in a later issue and will be exported here, from nixos-modules/.
+      # nixosModules.default: everything (nixos-modules/default.nix); nixosModules.<area>: one area
+      # with the shared options (sentinel, postgresql, redis, services, gateway). They default
+      # services.sentinel.package to this flake's build for the host's system (see README, "Deploy
+      # on NixOS"). New areas (observability, host security) are added here and in default.nix.
+      nixosModules =
+        let
+          withPackage =
+            module:
+            { lib, pkgs, ... }:
+            {
+              imports = [ module ];
+              services.sentinel.package = lib.mkIf (self.packages ? ${pkgs.stdenv.hostPlatform.system}) (
+                lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.sentinel
+              );
+            };
+        in
+        {
+          default = withPackage ./nixos-modules;
+        }
+        // lib.genAttrs [ "sentinel" "postgresql" "redis" "services" "gateway" ] (
+          area: withPackage (./nixos-modules + "/${area}.nix")
+        );
+
+      # A single host with everything on it (nix/example.nix): PostgreSQL, Redis, the services and
+      # Envoy. Only boot loader and file systems are stand-ins, so that it evaluates and builds.
+      nixosConfigurations.example = nixpkgs.lib.nixosSystem {
+        modules = [
+          self.nixosModules.default
+          ./nix/example.nix
+          {
+            nixpkgs.hostPlatform = "x86_64-linux";
+            networking.hostName = "sentinel-example";
+            boot.loader.grub.device = "nodev";
+            fileSystems."/" = {
+              device = "/dev/disk/by-label/nixos";
+              fsType = "ext4";
+            };
+          }
+        ];
+      };
     };
 }

@@ -122,6 +122,15 @@ in
         --ignore=tests/unit/test_proto_sync.py -q
       touch $out
     '';
+
+    # The example host (nix/example.nix) in a NixOS VM: every unit, REST through Envoy, tenant
+    # isolation, Prometheus targets (nix/vm-test.nix). Needs the nixos-test and kvm system features.
+    vm = pkgs.testers.runNixOSTest (
+      import ./vm-test.nix {
+        sentinelModules = ../nixos-modules;
+        inherit sentinel;
+      }
+    );
   };
 
   formatter = pkgs.nixfmt;

@@ -25,7 +25,7 @@ from tests.support import missing_tool
 REPO = Path(__file__).resolve().parents[2]
 FLAKE = REPO / "flake.nix"
 LOCK = REPO / "flake.lock"
-NIX_FILES = [FLAKE, *sorted((REPO / "nix").glob("*.nix"))]
+NIX_FILES = [FLAKE, *sorted((REPO / "nix").glob("*.nix"))]  # nixos-modules/: test_nixos_modules.py
 
 NIXPKGS_REV = "8f0500b9660505dc3cb647775fe9a978a74b5283"
 NIXPKGS_NAR_HASH = "sha256-O3/YajjWo001VUIgD8BwaRdSNLUFe7nZ1qV5TwhRBcw="
@@ -179,6 +179,7 @@ let
       inherit script;
       nativeBuildInputs = env.nativeBuildInputs or [ ];
     };
+    testers.runNixOSTest = test: drv "vm-test-run-${test.name}" { inherit test; };
   };
 
   out = flake.outputs {
@@ -195,7 +196,14 @@ in
   description = flake.description;
   inputs = lib.mapAttrs (_: i: i.url) flake.inputs;
   outputs = builtins.attrNames out;
-  systems = lib.mapAttrs (_: builtins.attrNames) (removeAttrs out [ "overlays" ]);
+  systems = lib.mapAttrs (_: builtins.attrNames) (removeAttrs out [ "overlays" "nixosModules" "nixosConfigurations" ]);
+  nixosModules = lib.mapAttrs (_: m: builtins.isFunction m) out.nixosModules;
+  nixosConfigurations = builtins.attrNames out.nixosConfigurations;
+  vmTest = let t = out.checks.${x}.vm.test; in {
+    inherit (t) name;
+    nodes = builtins.attrNames t.nodes;
+    imports = map toString ((t.nodes.machine { config = { }; pkgs = { }; }).imports);
+  };
   packages = lib.mapAttrs (_: builtins.attrNames) out.packages;
   apps = lib.mapAttrs (_: lib.mapAttrs (_: a: {
     inherit (a) type program;
@@ -204,7 +212,7 @@ in
   scripts = lib.mapAttrs (_: d: { inherit (d) name text runtimeInputs; })
     (import (repo + "/nix/per-system.nix") { inherit lib pkgs; }).scripts;
   checks = lib.mapAttrs (_: builtins.attrNames) out.checks;
-  checkScripts = lib.mapAttrs (_: c: c.script or null) out.checks.${x};
+  checkScripts = lib.mapAttrs (_: c: c.script or null) (removeAttrs out.checks.${x} [ "vm" ]);
   unitTestPython = (builtins.head out.checks.${x}.unit-tests.nativeBuildInputs).packages;
   ruffInputs = names out.checks.${x}.ruff.nativeBuildInputs;
   devShell = let shell = out.devShells.${x}.default; in {
@@ -287,16 +295,25 @@ def _nix_list(items: list[str]) -> str:
 
 def test_outputs_structure(evaluated: dict[str, Any]) -> None:
     assert evaluated["inputs"] == {"nixpkgs": "github:NixOS/nixpkgs/nixos-26.05"}
-    assert evaluated["outputs"] == ["apps", "checks", "devShells", "formatter", "overlays", "packages"]
-    assert "nixosModules" not in evaluated["outputs"], "NixOS modules come in a later issue"
+    assert evaluated["outputs"] == ["apps", "checks", "devShells", "formatter", "nixosConfigurations",
+                                    "nixosModules", "overlays", "packages"]
+    assert evaluated["nixosModules"] == dict.fromkeys(
+        ["default", "gateway", "postgresql", "redis", "sentinel", "services"], True)
+    assert evaluated["nixosConfigurations"] == ["example"]
     for output, systems in evaluated["systems"].items():
         assert systems == SYSTEMS, output
     for system in SYSTEMS:
         assert evaluated["packages"][system] == ["default", "sentinel"]
         assert sorted(evaluated["apps"][system]) == ["default", "migrate", "up"]
-        assert evaluated["checks"][system] == ["ruff", "sentinel", "unit-tests"]
+        assert evaluated["checks"][system] == ["ruff", "sentinel", "unit-tests", "vm"]
         assert evaluated["formatter"][system] == "nixfmt"
     assert evaluated["overlay"] == {"names": ["sentinel"], "pname": "sentinel"}
+
+
+def test_vm_check_boots_the_example_host(evaluated: dict[str, Any]) -> None:
+    vm = evaluated["vmTest"]
+    assert (vm["name"], vm["nodes"]) == ("sentinel", ["machine"])
+    assert vm["imports"] == [str(REPO / "nixos-modules"), str(REPO / "nix" / "example.nix")]
 
 
 def test_apps_run_the_cli(evaluated: dict[str, Any]) -> None:
