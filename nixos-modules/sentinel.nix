@@ -385,8 +385,8 @@ in
         default = "audit-1";
         description = ''
           Key id of the audit service's checkpoint key (`audit/<id>.key.pem`; checkpoints carry it).
-          A new id (`audit-2`) creates a new key at the next boot: rotation. Not a service name: the
-          audit service's identity key is `audit.key.pem`.
+          A key of a new id is created when missing (`generate`). Not a service name: the audit
+          service's identity key is `audit.key.pem`.
         '';
       };
     };

@@ -62,12 +62,13 @@ def evaluate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Evaluate]:
     counter = iter(range(1_000_000))
 
     def run(sentinel: dict[str, Any], *, render_dirs: dict[str, Path] | None = None,
-            extra: dict[str, Any] | None = None) -> dict[str, Any]:
+            nix: str = "{ }") -> dict[str, Any]:
+        """Evaluate with services.sentinel = {enable = true} // sentinel, plus ``nix`` (a module)."""
         scenario = tmp / f"scenario-{next(counter)}.json"
-        scenario.write_text(json.dumps({"services": {"sentinel": {"enable": True, **sentinel}}, **(extra or {})}))
+        scenario.write_text(json.dumps({"services": {"sentinel": {"enable": True, **sentinel}}}))
         dirs = " ".join(f"{json.dumps(k)} = {json.dumps(str(v))};" for k, v in (render_dirs or {}).items())
         expr = (f"import {EVAL} {{ libPath = {lib}; repo = {REPO}; renderDirs = {{ {dirs} }};"
-                f" scenario = builtins.fromJSON (builtins.readFile {scenario}); }}")
+                f" scenario.imports = [ (builtins.fromJSON (builtins.readFile {scenario})) ({nix}) ]; }}")
         proc = subprocess.run([exe, "--readonly-mode", "--eval", "--strict", "--json", "--expr", expr],
                               capture_output=True, text=True, env=env, timeout=120, check=False)
         assert proc.returncode == 0, proc.stderr
@@ -537,6 +538,12 @@ BAD = {
         {"gateway": {"cors": {"allowedOrigins": ["*"], "allowCredentials": True}}},
         "services.sentinel.gateway.cors.allowCredentials cannot be combined with the origin \"*\""),
 }
+
+
+def test_a_nix_path_literal_is_refused_before_it_reaches_the_store(evaluate: Evaluate) -> None:
+    failed = evaluate({}, nix="{ services.sentinel.secrets.pageTokenSecretFile = ./page-token; }")["assertions"]
+    assert len(failed) == 1 and "services.sentinel.secrets.pageTokenSecretFile must be a path outside the Nix store" \
+        in failed[0], failed
 
 
 @pytest.mark.parametrize("case", BAD, ids=list(BAD))
