@@ -3,9 +3,7 @@
 # (nixosModules.<area>; each imports sentinel.nix, the shared options).
 #
 # Extension point: further areas are added to this list, as files next to these, and to
-# `nixosModules` in flake.nix. Planned: observability.nix (Prometheus, Loki, Alloy, Grafana, fed by
-# the read-only services.sentinel.scrapeConfigs and services.sentinel.units) and host-security.nix
-# (auditd rules and the watchdog).
+# `nixosModules` in flake.nix. Planned: host-security.nix (auditd rules and the watchdog).
 {
   imports = [
     ./sentinel.nix # options shared by every area, system users, sentinel-setup.service
@@ -13,5 +11,6 @@
     ./redis.nix # services.redis.servers.sentinel
     ./services.nix # sentinel-migrate, the four services per instance, worker, rate-limit service
     ./gateway.nix # services.envoy from the generator
+    ./observability.nix # Prometheus, node exporter, Loki, Alloy, Grafana (services.sentinel.observability)
   ];
 }

@@ -107,6 +107,29 @@ in
     inherit (config.services.envoy) enable package requireValidConfig;
     settings = if renderDirs != { } then config.services.envoy.settings else null;
   };
+  prometheus = {
+    inherit (config.services.prometheus) enable retentionTime scrapeConfigs;
+    ruleFiles = map toString config.services.prometheus.ruleFiles;
+    node = config.services.prometheus.exporters.node;
+  };
+  loki = { inherit (config.services.loki) enable configuration configFile; };
+  alloy = {
+    inherit (config.services.alloy) enable configPath;
+    etc = lib.mapAttrs (_: e: toString e.source) (lib.filterAttrs (n: _: lib.hasPrefix "alloy/" n) config.environment.etc);
+  };
+  grafana = {
+    inherit (config.services.grafana) enable;
+    security = config.services.grafana.settings.security;
+    provision = {
+      inherit (config.services.grafana.provision) enable;
+      datasources = lib.mapNullable toString config.services.grafana.provision.datasources.path;
+      dashboards =
+        let
+          d = config.services.grafana.provision.dashboards.settings;
+        in
+        if d == null then null else map (p: p // { options = p.options // { path = toString p.options.path; }; }) d.providers;
+    };
+  };
   sentinel = {
     inherit (config.services.sentinel) units scrapeConfigs package;
     rendered = if config.services.sentinel.gateway.enable then config.services.sentinel.gateway.rendered else null;

@@ -15,6 +15,13 @@
 #   nixos/modules/services/databases/redis.nix         services.redis.servers.<name>.*
 #   nixos/modules/services/networking/envoy.nix        services.envoy.*
 #   pkgs/pkgs-lib/formats.nix                          formats.json type
+#   nixos/modules/system/etc/etc.nix                   environment.etc.<name>.{source,text,mode}
+#   nixos/modules/services/monitoring/prometheus/default.nix   services.prometheus.* (scrape_config:
+#                                                      job_name required; the other keys freeform here)
+#   nixos/modules/services/monitoring/prometheus/exporters.nix, exporters/node.nix
+#   nixos/modules/services/monitoring/loki.nix         services.loki.*
+#   nixos/modules/services/monitoring/alloy.nix        services.alloy.*
+#   nixos/modules/services/monitoring/grafana.nix      services.grafana.{settings,provision}
 {
   lib,
   # name -> directory: runCommand derivations of these names "build" to that directory, so a test
@@ -521,6 +528,173 @@ let
         services.redis.servers = mkOption {
           default = { };
           type = types.attrsOf (types.submodule redisServer);
+        };
+        # nixos/modules/system/etc/etc.nix
+        environment.etc = mkOption {
+          default = { };
+          type = types.attrsOf (
+            types.submodule (
+              { name, ... }:
+              {
+                options = {
+                  enable = mkOption {
+                    type = types.bool;
+                    default = true;
+                  };
+                  target = mkOption {
+                    type = types.str;
+                    default = name;
+                  };
+                  text = mkOption {
+                    type = types.nullOr types.lines;
+                    default = null;
+                  };
+                  source = mkOption { type = types.path; };
+                  mode = mkOption {
+                    type = types.str;
+                    default = "symlink";
+                  };
+                };
+              }
+            )
+          );
+        };
+        services.prometheus = {
+          enable = lib.mkEnableOption "Prometheus monitoring daemon";
+          retentionTime = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+          };
+          scrapeConfigs = mkOption {
+            type = types.listOf (
+              types.submodule {
+                freeformType = types.attrsOf jsonValue;
+                options.job_name = mkOption { type = types.str; };
+              }
+            );
+            default = [ ];
+          };
+          ruleFiles = mkOption {
+            type = types.listOf types.path;
+            default = [ ];
+          };
+          exporters.node = {
+            enable = lib.mkEnableOption "the prometheus node exporter";
+            port = mkOption {
+              type = types.port;
+              default = 9100;
+            };
+            listenAddress = mkOption {
+              type = types.str;
+              default = "0.0.0.0";
+            };
+            extraFlags = mkOption {
+              type = types.listOf types.str;
+              default = [ ];
+            };
+            enabledCollectors = mkOption {
+              type = types.listOf types.str;
+              default = [ ];
+            };
+            disabledCollectors = mkOption {
+              type = types.listOf types.str;
+              default = [ ];
+            };
+          };
+        };
+        services.loki = {
+          enable = lib.mkEnableOption "loki";
+          dataDir = mkOption {
+            type = types.path;
+            default = "/var/lib/loki";
+          };
+          configuration = mkOption {
+            type = jsonValue;
+            default = { };
+          };
+          configFile = mkOption {
+            type = types.nullOr types.path;
+            default = null;
+          };
+        };
+        services.alloy = {
+          enable = lib.mkEnableOption "Grafana Alloy";
+          configPath = mkOption {
+            type = types.path;
+            default = "/etc/alloy";
+          };
+          extraFlags = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+          };
+        };
+        services.grafana = {
+          enable = lib.mkEnableOption "grafana";
+          settings = mkOption {
+            default = { };
+            type = types.submodule {
+              freeformType = types.attrsOf (types.attrsOf jsonValue); # settingsFormatIni.type
+              options.security = {
+                admin_user = mkOption {
+                  type = types.str;
+                  default = "admin";
+                };
+                admin_password = mkOption {
+                  type = types.str;
+                  default = "admin";
+                };
+                secret_key = mkOption {
+                  type = types.nullOr types.str;
+                  default = null;
+                };
+              };
+            };
+          };
+          provision = {
+            enable = lib.mkEnableOption "provision";
+            datasources.path = mkOption {
+              type = types.nullOr types.path;
+              default = null;
+            };
+            datasources.settings = mkOption {
+              type = types.nullOr (types.attrsOf jsonValue);
+              default = null;
+            };
+            dashboards.path = mkOption {
+              type = types.nullOr types.path;
+              default = null;
+            };
+            dashboards.settings = mkOption {
+              default = null;
+              type = types.nullOr (
+                types.submodule {
+                  options.apiVersion = mkOption {
+                    type = types.int;
+                    default = 1;
+                  };
+                  options.providers = mkOption {
+                    default = [ ];
+                    type = types.listOf (
+                      types.submodule {
+                        freeformType = types.attrsOf jsonValue; # YAML
+                        options = {
+                          name = mkOption {
+                            type = types.str;
+                            default = "default";
+                          };
+                          type = mkOption {
+                            type = types.str;
+                            default = "file";
+                          };
+                          options.path = mkOption { type = types.path; };
+                        };
+                      }
+                    );
+                  };
+                }
+              );
+            };
+          };
         };
         services.envoy = {
           enable = lib.mkEnableOption "Envoy reverse proxy";

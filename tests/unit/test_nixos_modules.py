@@ -600,3 +600,100 @@ def test_without_redis_no_unit_loads_a_redis_credential(evaluate: Evaluate) -> N
         assert "redis-url" not in _credentials(unit) if "LoadCredential" in unit["serviceConfig"] else True, name
         assert "SENTINEL_REDIS_URL_FILE" not in unit["environment"], name
     assert "redis-url" not in out["services"]["sentinel-setup"]["serviceConfig"]["ExecStart"]["text"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Observability (nixos-modules/observability.nix)
+
+OBS_SECRETS = {"adminPasswordFile": "/run/secrets/grafana-admin", "secretKeyFile": "/run/secrets/grafana-key"}
+
+
+@pytest.fixture(scope="module")
+def observed(evaluate: Evaluate) -> dict[str, Any]:
+    out = evaluate({"observability": {"enable": True, "grafana": OBS_SECRETS}})
+    assert out["assertions"] == [], out["assertions"]
+    return out
+
+
+def test_observability_off_by_default(default: dict[str, Any]) -> None:
+    assert default["prometheus"]["enable"] is False
+    assert default["grafana"]["enable"] is False
+    assert default["loki"]["enable"] is False
+
+
+def test_prometheus_scrapes_every_job_and_loads_the_committed_rules(observed: dict[str, Any]) -> None:
+    prom = observed["prometheus"]
+    assert prom["enable"] is True
+    assert prom["retentionTime"] == "90d"
+    committed = yaml.safe_load((REPO / "observability" / "prometheus.yml").read_text())["scrape_configs"]
+    jobs = {j["job_name"]: j for j in prom["scrapeConfigs"]}
+    assert set(jobs) == {j["job_name"] for j in committed}
+    assert jobs["node"]["static_configs"] == [{"targets": ["127.0.0.1:9100"]}]
+    assert jobs["envoy"]["metrics_path"] == "/stats/prometheus"
+    assert [j for j in prom["scrapeConfigs"] if j["job_name"] != "node"] == observed["sentinel"]["scrapeConfigs"]
+    names = sorted(Path(p).name for p in prom["ruleFiles"])
+    assert names == sorted(p.name for p in (REPO / "alerts" / "generated").glob("*.rules.yaml"))
+    for path in prom["ruleFiles"]:  # the flake's own copies (paths into its source)
+        assert Path(path).read_text() == (REPO / "alerts" / "generated" / Path(path).name).read_text()
+
+
+def test_retention_is_an_option(evaluate: Evaluate) -> None:
+    out = evaluate({"observability": {"enable": True, "retention": "30d", "grafana": {"enable": False}}})
+    assert out["assertions"] == []
+    assert out["prometheus"]["retentionTime"] == "30d"
+
+
+def test_node_exporter_textfile_directory(observed: dict[str, Any]) -> None:
+    node = observed["prometheus"]["node"]
+    assert node["enable"] is True
+    assert "textfile" in node["enabledCollectors"]
+    assert node["listenAddress"] == "127.0.0.1"
+    assert node["extraFlags"] == ["--collector.textfile.directory=/var/lib/prometheus-node-exporter-text-files"]
+
+
+def test_loki_config_is_the_committed_one_with_30_days(observed: dict[str, Any]) -> None:
+    loki = observed["loki"]
+    assert loki["enable"] is True
+    assert loki["configFile"] is None
+    assert loki["configuration"] == json.loads((REPO / "observability" / "loki.json").read_text())
+    assert loki["configuration"]["limits_config"]["retention_period"] == "720h"
+    assert loki["configuration"]["compactor"]["retention_enabled"] is True
+
+
+def test_alloy_reads_the_committed_config(observed: dict[str, Any]) -> None:
+    alloy = observed["alloy"]
+    assert alloy["enable"] is True
+    assert alloy["configPath"] == "/etc/alloy"
+    (source,) = alloy["etc"].values()
+    assert list(alloy["etc"]) == ["alloy/config.alloy"]
+    assert Path(source).read_text() == (REPO / "observability" / "config.alloy").read_text()
+
+
+def test_grafana_secrets_via_file_provider_and_provisioning(observed: dict[str, Any]) -> None:
+    graf = observed["grafana"]
+    assert graf["enable"] is True
+    assert graf["security"]["admin_password"] == "$__file{/run/secrets/grafana-admin}"
+    assert graf["security"]["secret_key"] == "$__file{/run/secrets/grafana-key}"
+    prov = graf["provision"]
+    assert prov["enable"] is True
+    assert Path(prov["datasources"]).read_text() == (
+        REPO / "dashboards" / "provisioning" / "datasources.yaml").read_text()
+    (provider,) = prov["dashboards"]
+    assert provider["name"] == "sentinel"
+    assert provider["type"] == "file"
+    # builtins.path of dashboards/ with only its *.json (not copied in --readonly-mode).
+    assert provider["options"]["path"].endswith("-sentinel-dashboards")
+
+
+@pytest.mark.parametrize("missing", ["adminPasswordFile", "secretKeyFile"])
+def test_grafana_without_secret_file_fails_its_assertion(evaluate: Evaluate, missing: str) -> None:
+    grafana = {k: v for k, v in OBS_SECRETS.items() if k != missing}
+    out = evaluate({"observability": {"enable": True, "grafana": grafana}})
+    assert any(f"services.sentinel.observability.grafana.{missing}" in m for m in out["assertions"]), out
+    assert "prometheus" not in out
+
+
+def test_grafana_secret_in_store_fails(evaluate: Evaluate) -> None:
+    out = evaluate({"observability": {"enable": True, "grafana": {"secretKeyFile": "/run/secrets/k"}}},
+                   nix="{ services.sentinel.observability.grafana.adminPasswordFile = ./.; }")
+    assert any("grafana.adminPasswordFile must be a path outside the Nix store" in m for m in out["assertions"])
