@@ -49,9 +49,9 @@
       };
 
       # nixosModules.default: everything (nixos-modules/default.nix); nixosModules.<area>: one area
-      # with the shared options (sentinel, postgresql, redis, services, gateway, observability). They default
+      # with the shared options (sentinel, postgresql, redis, services, gateway, observability, host-security). They default
       # services.sentinel.package to this flake's build for the host's system (see README, "Deploy
-      # on NixOS"). New areas (host security) are added here and in default.nix.
+      # on NixOS"). New areas are added here and in default.nix.
       nixosModules =
         let
           withPackage =
@@ -67,7 +67,7 @@
         {
           default = withPackage ./nixos-modules;
         }
-        // lib.genAttrs [ "sentinel" "postgresql" "redis" "services" "gateway" "observability" ] (
+        // lib.genAttrs [ "sentinel" "postgresql" "redis" "services" "gateway" "observability" "host-security" ] (
           area: withPackage (./nixos-modules + "/${area}.nix")
         );
 

@@ -3,7 +3,7 @@
 # (nixosModules.<area>; each imports sentinel.nix, the shared options).
 #
 # Extension point: further areas are added to this list, as files next to these, and to
-# `nixosModules` in flake.nix. Planned: host-security.nix (auditd rules and the watchdog).
+# `nixosModules` in flake.nix.
 {
   imports = [
     ./sentinel.nix # options shared by every area, system users, sentinel-setup.service
@@ -12,5 +12,6 @@
     ./services.nix # sentinel-migrate, the four services per instance, worker, rate-limit service
     ./gateway.nix # services.envoy from the generator
     ./observability.nix # Prometheus, node exporter, Loki, Alloy, Grafana (services.sentinel.observability)
+    ./host-security.nix # security.audit rules, auditd, sentinel-watchdog, sentinel-procmem
   ];
 }

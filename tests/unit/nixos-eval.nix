@@ -4,7 +4,8 @@
   libPath,
   repo,
   scenario,
-  # see nixos-stubs.nix; non-empty: also read services.envoy.settings (import from "derivation")
+  # see nixos-stubs.nix; with "sentinel-gateway" also read services.envoy.settings, with
+  # "sentinel-audit-rules" security.audit.rules (import from derivation)
   renderDirs ? { },
 }:
 let
@@ -58,6 +59,7 @@ let
       partOf
       bindsTo
       environment
+      path
       script
       restartTriggers
       serviceConfig
@@ -105,7 +107,7 @@ in
   }) config.services.redis.servers;
   envoy = {
     inherit (config.services.envoy) enable package requireValidConfig;
-    settings = if renderDirs != { } then config.services.envoy.settings else null;
+    settings = if renderDirs ? "sentinel-gateway" then config.services.envoy.settings else null;
   };
   prometheus = {
     inherit (config.services.prometheus) enable retentionTime scrapeConfigs;
@@ -130,8 +132,15 @@ in
         if d == null then null else map (p: p // { options = p.options // { path = toString p.options.path; }; }) d.providers;
     };
   };
+  audit = {
+    auditd = config.security.auditd.enable;
+    inherit (config.security.audit) enable backlogLimit failureMode;
+    rules = if renderDirs ? "sentinel-audit-rules" then config.security.audit.rules else null;
+  };
+  tmpfiles = config.systemd.tmpfiles.rules;
   sentinel = {
     inherit (config.services.sentinel) units scrapeConfigs package;
     rendered = if config.services.sentinel.gateway.enable then config.services.sentinel.gateway.rendered else null;
+    auditRules = config.services.sentinel.hostSecurity.rendered;
   };
 })

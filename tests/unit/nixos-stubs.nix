@@ -22,6 +22,9 @@
 #   nixos/modules/services/monitoring/loki.nix         services.loki.*
 #   nixos/modules/services/monitoring/alloy.nix        services.alloy.*
 #   nixos/modules/services/monitoring/grafana.nix      services.grafana.{settings,provision}
+#   nixos/modules/security/auditd.nix                  security.auditd.enable (+ its audit.enable default)
+#   nixos/modules/security/audit.nix                   security.audit.{enable,rules,backlogLimit,failureMode}
+#   nixos/modules/system/boot/systemd/tmpfiles.nix     systemd.tmpfiles.rules
 {
   lib,
   # name -> directory: runCommand derivations of these names "build" to that directory, so a test
@@ -67,6 +70,9 @@ let
       "envoy-bin"
       "grpc-health-probe"
       "curl"
+      "audit"
+      "kmod"
+      "systemd"
       "jq"
       "coreutils"
       "findutils"
@@ -529,6 +535,41 @@ let
           default = { };
           type = types.attrsOf (types.submodule redisServer);
         };
+        security.auditd.enable = lib.mkEnableOption "the Linux Audit daemon";
+        security.audit = {
+          enable = mkOption {
+            type = types.enum [
+              false
+              true
+              "lock"
+            ];
+            default = false;
+          };
+          failureMode = mkOption {
+            type = types.enum [
+              "silent"
+              "printk"
+              "panic"
+            ];
+            default = "printk";
+          };
+          backlogLimit = mkOption {
+            type = types.int;
+            default = 1024;
+          };
+          rateLimit = mkOption {
+            type = types.int;
+            default = 0;
+          };
+          rules = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+          };
+        };
+        systemd.tmpfiles.rules = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
         # nixos/modules/system/etc/etc.nix
         environment.etc = mkOption {
           default = { };
@@ -802,6 +843,10 @@ let
             }
           ) enabledRedis;
         }
+        # upstream config: auditd.nix
+        (lib.mkIf config.security.auditd.enable {
+          security.audit.enable = lib.mkDefault true;
+        })
         # upstream config: envoy.nix
         (lib.mkIf envoy.enable {
           systemd.services.envoy = {

@@ -298,7 +298,7 @@ def test_outputs_structure(evaluated: dict[str, Any]) -> None:
     assert evaluated["outputs"] == ["apps", "checks", "devShells", "formatter", "nixosConfigurations",
                                     "nixosModules", "overlays", "packages"]
     assert evaluated["nixosModules"] == dict.fromkeys(
-        ["default", "gateway", "observability", "postgresql", "redis", "sentinel", "services"], True)
+        ["default", "gateway", "host-security", "observability", "postgresql", "redis", "sentinel", "services"], True)
     assert evaluated["nixosConfigurations"] == ["example"]
     for output, systems in evaluated["systems"].items():
         assert systems == SYSTEMS, output

@@ -697,3 +697,99 @@ def test_grafana_secret_in_store_fails(evaluate: Evaluate) -> None:
     out = evaluate({"observability": {"enable": True, "grafana": {"secretKeyFile": "/run/secrets/k"}}},
                    nix="{ services.sentinel.observability.grafana.adminPasswordFile = ./.; }")
     assert any("grafana.adminPasswordFile must be a path outside the Nix store" in m for m in out["assertions"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Host security (nixos-modules/host-security.nix)
+
+HOST = {"hostSecurity": {"enable": True, "extras": ["etc-change", "kmod-change"], "quietUids": [990]}}
+TEXTFILE_DIR = "/var/lib/prometheus-node-exporter-text-files"
+
+
+def _render_rules(out: dict[str, Any], target: Path) -> None:
+    """Run the rules derivation's builder script for real (this checkout's `sentinel`) into target."""
+    rendered = out["sentinel"]["auditRules"]
+    assert rendered["drv"] == "sentinel-audit-rules"
+    script = rendered["script"].replace(SENTINEL, str(REPO / ".venv" / "bin" / "sentinel"))
+    proc = subprocess.run(["bash", "-euc", script], env={**os.environ, "out": str(target)},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def hosted(evaluate: Evaluate, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any]]:
+    first = evaluate(HOST)
+    assert first["assertions"] == [], first["assertions"]
+    target = tmp_path_factory.mktemp("audit-rules") / "rules.json"
+    _render_rules(first, target)
+    second = evaluate(HOST, render_dirs={"sentinel-audit-rules": target})
+    assert second["assertions"] == []
+    return first, second
+
+
+def test_audit_rules_are_the_python_renderers(hosted: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    from sentinel.host import rules
+
+    _, out = hosted
+    expected = rules.nixos_rules(rules.Options(
+        extras=("etc-change", "kmod-change"), quiet_uids=(990,),
+        paths=rules.nixos_paths(STORE + "audit/bin/auditd", STORE + "kmod/bin")))
+    assert out["audit"]["rules"] == expected
+    assert not any(r.startswith(("-D", "-b ", "-e ", "-f ")) for r in expected)  # NixOS writes those
+    assert out["audit"]["auditd"] is True
+    assert out["audit"]["enable"] is True
+    assert out["audit"]["backlogLimit"] == rules.BACKLOG_LIMIT == 8192
+    assert out["audit"]["failureMode"] == "printk"
+
+
+def test_host_security_off_by_default(default: dict[str, Any]) -> None:
+    assert default["audit"]["auditd"] is False
+    assert "sentinel-watchdog" not in default["services"]
+    assert "sentinel-procmem" not in default["services"]
+
+
+def test_host_units_hardened_as_the_python_units(hosted: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    from sentinel.host import units
+
+    out, _ = hosted
+    for name, hardening in (("sentinel-watchdog", units.WATCHDOG_HARDENING),
+                            ("sentinel-procmem", units.COLLECTOR_HARDENING)):
+        cfg = out["services"][name]["serviceConfig"]
+        assert {k: cfg[k] for k in hardening} == dict(hardening), name
+        assert cfg["Type"] == "simple"
+        assert cfg["Restart"] == "on-failure"
+        assert cfg["ReadWritePaths"] == [TEXTFILE_DIR]
+        assert out["services"][name]["wantedBy"] == ["multi-user.target"]
+    assert out["tmpfiles"] == [f"d {TEXTFILE_DIR} 0755 root root -"]
+
+
+def test_host_units_write_where_the_node_exporter_reads(hosted: tuple[dict[str, Any], dict[str, Any]],
+                                                        evaluate: Evaluate) -> None:
+    out, _ = hosted
+    watchdog = out["services"]["sentinel-watchdog"]["serviceConfig"]["ExecStart"]
+    collector = out["services"]["sentinel-procmem"]["serviceConfig"]["ExecStart"]
+    assert collector == f"{SENTINEL} host collect-processes --textfile-dir {TEXTFILE_DIR} --top 10 --interval 30"
+    assert watchdog.startswith(f"{SENTINEL} watchdog --textfile-dir {TEXTFILE_DIR} ")
+    systemctl = STORE + "systemd/bin/systemctl"
+    for arg in (f"--restart-command '{systemctl} restart auditd.service'",
+                f"--reload-command '{systemctl} restart audit-rules-nixos.service'",
+                f"--list-rules-command '{STORE}audit/bin/auditctl -l'",
+                "--extra etc-change --extra kmod-change"):
+        assert arg in watchdog, arg
+    both = evaluate({**HOST, "observability": {"enable": True, "grafana": {"enable": False},
+                                               "textfileDirectory": "/var/lib/textfiles"}})
+    assert both["assertions"] == []
+    flag = "--collector.textfile.directory=/var/lib/textfiles"
+    assert both["prometheus"]["node"]["extraFlags"] == [flag]
+    assert "--textfile-dir /var/lib/textfiles " in both["services"]["sentinel-watchdog"]["serviceConfig"]["ExecStart"]
+    assert "--textfile-dir /var/lib/textfiles " in both["services"]["sentinel-procmem"]["serviceConfig"]["ExecStart"]
+
+
+def test_extras_are_the_python_rule_sets(evaluate: Evaluate) -> None:
+    from sentinel.host import rules
+
+    out = evaluate({"hostSecurity": {"enable": True, "extras": list(rules.EXTRA_SETS)}})
+    assert out["assertions"] == []
+    # The enum type refuses any other name at evaluation.
+    with pytest.raises(AssertionError, match="is not of type"):
+        evaluate({"hostSecurity": {"enable": True, "extras": ["tmp-exec-typo"]}})
