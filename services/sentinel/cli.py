@@ -349,6 +349,12 @@ def _gateway_check(ns: argparse.Namespace) -> int:
 
     from sentinel.gateway import schema
 
+    try:
+        import envoy.config.bootstrap.v3  # noqa: F401 - only to say what is missing
+    except ImportError:
+        print("sentinel gateway check needs Envoy's API classes: pip install xds-protos (a dev dependency)",
+              file=sys.stderr)
+        return 2
     failed = False
     for path in ns.files:
         try:

@@ -130,3 +130,29 @@ def test_gateway_asks_the_limiter_after_jwt_authn() -> None:
     assert gw.RATELIMIT_CLUSTER in clusters
     plain = gw.render(gw.GatewayConfig(upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=cfg.descriptor_set_path))
     assert gw.RATELIMIT_CLUSTER not in {c["name"] for c in plain["static_resources"]["clusters"]}
+
+
+def test_wire_messages_match_envoys_rate_limit_api() -> None:
+    """Our messages and Envoy's own classes (xds-protos, dev only) read each other's bytes."""
+    from envoy.service.ratelimit.v3 import rls_pb2
+    from sentinel.ratelimit import wire
+
+    request = rls_pb2.RateLimitRequest(domain="sentinel", hits_addend=2)
+    d = request.descriptors.add()
+    d.entries.add(key="tier", value="jwt")
+    d.entries.add(key="tenant", value=str(uuid.uuid4()))
+    ours = wire.RateLimitRequest.FromString(request.SerializeToString())
+    assert (ours.domain, ours.hits_addend) == ("sentinel", 2)
+    assert [(e.key, e.value) for e in ours.descriptors[0].entries] == [(e.key, e.value) for e in d.entries]
+
+    reply = wire.RateLimitResponse(overall_code=wire.RateLimitResponse.OVER_LIMIT)
+    status = reply.statuses.add(code=wire.RateLimitResponse.OVER_LIMIT, limit_remaining=0)
+    status.current_limit.requests_per_unit, status.current_limit.unit = 5, wire.RateLimitResponse.RateLimit.DAY
+    status.duration_until_reset.FromSeconds(30)
+    reply.response_headers_to_add.add(key="retry-after", value="30")
+    envoys = rls_pb2.RateLimitResponse.FromString(reply.SerializeToString())
+    assert envoys.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
+    assert envoys.statuses[0].current_limit.unit == rls_pb2.RateLimitResponse.RateLimit.DAY
+    assert envoys.statuses[0].current_limit.requests_per_unit == 5
+    assert envoys.statuses[0].duration_until_reset.seconds == 30
+    assert [(h.key, h.value) for h in envoys.response_headers_to_add] == [("retry-after", "30")]

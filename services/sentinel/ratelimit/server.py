@@ -20,7 +20,6 @@ import uuid
 from typing import Any
 
 import grpc
-from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy import text
 
@@ -30,15 +29,16 @@ from sentinel.platform.config import Settings, get_settings
 from sentinel.platform.errors import SentinelError
 from sentinel.ratelimit import rules
 from sentinel.ratelimit.limiter import Decision, Limiter, redis_client
+from sentinel.ratelimit.wire import METHOD, SERVICE, RateLimitRequest, RateLimitResponse
 
 log = logging.getLogger("sentinel.ratelimit")
 NAME = "ratelimit"
 DOMAIN = "sentinel"
 
 _PLAN = text("SELECT plan FROM tenants WHERE id = :id")
-_UNITS = {1: rls_pb2.RateLimitResponse.RateLimit.SECOND, 60: rls_pb2.RateLimitResponse.RateLimit.MINUTE,
-          3600: rls_pb2.RateLimitResponse.RateLimit.HOUR, 86400: rls_pb2.RateLimitResponse.RateLimit.DAY}
-OK, OVER = rls_pb2.RateLimitResponse.OK, rls_pb2.RateLimitResponse.OVER_LIMIT
+_UNITS = {1: RateLimitResponse.RateLimit.SECOND, 60: RateLimitResponse.RateLimit.MINUTE,
+          3600: RateLimitResponse.RateLimit.HOUR, 86400: RateLimitResponse.RateLimit.DAY}
+OK, OVER = RateLimitResponse.OK, RateLimitResponse.OVER_LIMIT
 
 
 async def plan_of(tenant_id: uuid.UUID) -> str | None:
@@ -57,8 +57,8 @@ async def resolve_api_key(value: str) -> tuple[uuid.UUID, str] | None:
     return principal.tenant_id, principal.session_id
 
 
-def response(decision: Decision) -> rls_pb2.RateLimitResponse:
-    out = rls_pb2.RateLimitResponse(overall_code=OVER if decision.over_limit else OK)
+def response(decision: Decision) -> Any:
+    out = RateLimitResponse(overall_code=OVER if decision.over_limit else OK)
     for counted in decision.per_descriptor:
         status = out.statuses.add(code=OK)
         if counted is not None:
@@ -73,12 +73,17 @@ def response(decision: Decision) -> rls_pb2.RateLimitResponse:
     return out
 
 
-class RateLimitApi(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]  # untyped xds-protos
+class RateLimitApi:
     def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
 
-    async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest,
-                              context: grpc.aio.ServicerContext[Any, Any]) -> rls_pb2.RateLimitResponse:
+    def handler(self) -> grpc.GenericRpcHandler:
+        """``/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`` with the wire messages."""
+        return grpc.method_handlers_generic_handler(SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(
+            self.should_rate_limit, request_deserializer=RateLimitRequest.FromString,
+            response_serializer=RateLimitResponse.SerializeToString)})
+
+    async def should_rate_limit(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if request.domain != DOMAIN:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown rate-limit domain {request.domain!r}")
         descriptors = [{e.key: e.value for e in d.entries} for d in request.descriptors]
@@ -95,7 +100,7 @@ async def serve(settings: Settings) -> None:
     limiter = Limiter(limits, redis, plan_of=plan_of, resolve=resolve_api_key,
                       cache_seconds=settings.rate_limit_cache_seconds)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitApi(limiter), server)
+    server.add_generic_rpc_handlers((RateLimitApi(limiter).handler(),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{settings.grpc_host}:{settings.resolved_grpc_port}"
