@@ -303,8 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, rules.SpecError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return dashboards.write_or_check(files, args.out, args.check, "python -m sentinel.observability.config",
-                                     stale_glob=("*.yml", "*.yaml", "*.json", "*.alloy"))
+    return rules.write_or_check(files, args.out, args.check, "python -m sentinel.observability.config",
+                                stale_glob=("*.yml", "*.yaml", "*.json", "*.alloy"))
 
 
 if __name__ == "__main__":

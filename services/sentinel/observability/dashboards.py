@@ -32,7 +32,6 @@ Contracts with other parts of the system, stated once here:
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import re
 import sys
@@ -1086,38 +1085,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, rules.SpecError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return write_or_check(files, args.out, args.check, "python -m sentinel.observability.dashboards",
-                          stale_glob=("*.json", "provisioning/*.yaml"))
-
-
-def write_or_check(files: Mapping[str, str], out: Path, check: bool, command: str,
-                   stale_glob: Sequence[str]) -> int:
-    """Write ``files`` under ``out``, or compare them with what is there (exit code 1 when stale)."""
-    if not check:
-        for name, text in files.items():
-            path = out / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            print(f"wrote {path}")
-        return 0
-    stale = []
-    for name, text in files.items():
-        path = out / name
-        current = path.read_text(encoding="utf-8") if path.is_file() else ""
-        if current != text:
-            stale.append(name)
-            diff = difflib.unified_diff(current.splitlines(keepends=True), text.splitlines(keepends=True),
-                                        fromfile=f"{path} (committed)", tofile=f"{path} (generated)", n=1)
-            sys.stderr.writelines(list(diff)[:40])
-    extra = sorted(str(p.relative_to(out)) for pattern in stale_glob for p in out.glob(pattern)
-                   if str(p.relative_to(out)) not in files)
-    for name in extra:
-        print(f"{out / name}: not generated (remove it)", file=sys.stderr)
-    if stale or extra:
-        print(f"stale: {', '.join(stale + extra)}; run {command}", file=sys.stderr)
-        return 1
-    print(f"{out}: {len(files)} files up to date")
-    return 0
+    return rules.write_or_check(files, args.out, args.check, "python -m sentinel.observability.dashboards",
+                                stale_glob=("*.json", "provisioning/*.yaml"))
 
 
 if __name__ == "__main__":

@@ -1317,29 +1317,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, SpecError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out: Path = args.out
-    if args.check:
-        stale = []
+    return write_or_check(files, args.out, args.check, "python -m sentinel.observability.rules",
+                          stale_glob=("*.rules.yaml",), source=f"the spec {args.spec}")
+
+
+def write_or_check(files: Mapping[str, str], out: Path, check: bool, command: str,
+                   stale_glob: Sequence[str], source: str = "the generator") -> int:
+    """Write ``files`` under ``out``, or compare them with what is there (exit code 1 when stale).
+
+    Shared by the rules, dashboards and observability-config generators.
+    """
+    if not check:
         for name, text in files.items():
             path = out / name
-            current = path.read_text(encoding="utf-8") if path.is_file() else ""
-            if current != text:
-                stale.append(name)
-                diff = difflib.unified_diff(current.splitlines(keepends=True), text.splitlines(keepends=True),
-                                            fromfile=f"{path} (committed)", tofile=f"{path} (from {args.spec})", n=1)
-                sys.stderr.writelines(list(diff)[:40])
-        extra = sorted(p.name for p in out.glob("*.rules.yaml") if p.name not in files) if out.is_dir() else []
-        for name in extra:
-            print(f"{out / name}: not generated from the spec (remove it)", file=sys.stderr)
-        if stale or extra:
-            print(f"stale: {', '.join(stale + extra)}; run python -m sentinel.observability.rules", file=sys.stderr)
-            return 1
-        print(f"{out}: {len(files)} files up to date with {args.spec}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
         return 0
-    out.mkdir(parents=True, exist_ok=True)
+    stale = []
     for name, text in files.items():
-        (out / name).write_text(text, encoding="utf-8")
-        print(f"wrote {out / name}")
+        path = out / name
+        current = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if current != text:
+            stale.append(name)
+            diff = difflib.unified_diff(current.splitlines(keepends=True), text.splitlines(keepends=True),
+                                        fromfile=f"{path} (committed)", tofile=f"{path} (from {source})", n=1)
+            sys.stderr.writelines(list(diff)[:40])
+    extra = sorted(str(p.relative_to(out)) for pattern in stale_glob for p in out.glob(pattern)
+                   if str(p.relative_to(out)) not in files)
+    for name in extra:
+        print(f"{out / name}: not generated from {source} (remove it)", file=sys.stderr)
+    if stale or extra:
+        print(f"stale: {', '.join(stale + extra)}; run {command}", file=sys.stderr)
+        return 1
+    print(f"{out}: {len(files)} files up to date with {source}")
     return 0
 
 
