@@ -50,7 +50,7 @@ from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
 from sentinel.user.v1 import user_service_pb2 as usp
 from sentinel.user.v1 import user_service_pb2_grpc as usg
 
-from tests.support import free_port, missing_tool
+from tests.support import free_port, missing_tool, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -103,12 +103,7 @@ def _run(argv: list[str], log: Path, ready_url: str, what: str) -> Iterator[subp
         _wait_http(ready_url, process, log, what)
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop(process)
 
 
 def _write_process_memory(directory: Path, stack: Stack) -> int:

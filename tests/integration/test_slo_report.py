@@ -28,7 +28,7 @@ import pytest
 from sentinel.scheduler import slo
 from sentinel.scheduler.slo import ServiceSlo, SloQueryError
 
-from tests.support import free_port, missing_tool
+from tests.support import free_port, missing_tool, stop
 
 pytestmark = pytest.mark.integration
 
@@ -189,12 +189,7 @@ def _start(prometheus: str, data: Path, *extra: str) -> Iterator[Prometheus]:
             time.sleep(0.1)
         yield Prometheus(url=url, version=version, process=process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop(process)
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from sentinel.host import procmem, textfile
 from sentinel.host.procmem import Collector, Proc
 
-from tests.support import missing_tool
+from tests.support import promtool_check_metrics
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -89,13 +87,7 @@ def test_real_proc_passes_promtool_and_the_checks(tmp_path: Path) -> None:
         if not line.startswith("#"):
             tail = line.rsplit("}", 1)[-1] if "}" in line else line.split(" ", 1)[1]
             assert len(tail.split()) == 1, f"a value and no timestamp: {line}"
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        missing_tool("promtool not installed (Debian package prometheus)")
-    assert promtool is not None
-    p = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30,
-                       check=False)
-    assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), p.stdout + p.stderr
+    promtool_check_metrics(text)
 
 
 def test_the_checks_catch_what_promtool_does_not() -> None:

@@ -22,7 +22,6 @@ import itertools
 import json
 import logging
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from sentinel.watchdog.auditd import Commands, PidFileAuditd
 from sentinel.watchdog.patterns import PATTERNS, match
 from sentinel.watchdog.sources import FileFollower, audit_keys
 
-from tests.support import missing_tool
+from tests.support import promtool_check_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_AUDITD = REPO / "tests" / "fake_auditd.py"
@@ -365,13 +364,7 @@ def test_the_textfile_passes_promtool_and_the_checks(tmp_path: Path, auditd: Fak
     assert fams["sentinel_watchdog_actions_total"].count(({"action": "resume", "result": "ok"}, 1.0)) == 1
     assert fams["sentinel_watchdog_last_scan_timestamp_seconds"] == [({}, rig.clock.t)]
     assert fams["sentinel_watchdog_auditd_up"] == [({}, 1.0)]
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        missing_tool("promtool not installed (Debian package prometheus)")
-    assert promtool is not None
-    p = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30,
-                       check=False)
-    assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), p.stdout + p.stderr
+    promtool_check_metrics(text)
 
 
 def test_every_action_is_a_json_log_line(tmp_path: Path, auditd: FakeAuditd) -> None:
