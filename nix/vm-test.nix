@@ -14,7 +14,7 @@ in
   name = "sentinel";
 
   nodes.machine =
-    { config, pkgs, ... }:
+    { pkgs, ... }:
     {
       imports = [
         sentinelModules
@@ -27,12 +27,8 @@ in
       };
       environment.etc."sentinel-test/admin-password".text = adminPassword;
 
-      # Scrapes what the module says exists; the observability module will do the same.
-      services.prometheus = {
-        enable = true;
-        globalConfig.scrape_interval = "2s";
-        inherit (config.services.sentinel) scrapeConfigs;
-      };
+      # The example's Prometheus (observability module), scraping faster for the test.
+      services.prometheus.globalConfig.scrape_interval = "2s";
 
       environment.systemPackages = [
         pkgs.curl
@@ -46,7 +42,11 @@ in
     { nodes, ... }:
     let
       cfg = nodes.machine.services.sentinel;
-      targets = builtins.concatMap (job: builtins.concatMap (c: c.targets) job.static_configs) cfg.scrapeConfigs;
+      # Every job Prometheus has: Sentinel's processes and Envoy, plus the node exporter.
+      targets = builtins.concatMap (
+        job: builtins.concatMap (c: c.targets) job.static_configs
+      ) nodes.machine.services.prometheus.scrapeConfigs;
+      textfiles = cfg.observability.textfileDirectory;
     in
     ''
       import json
@@ -83,7 +83,6 @@ in
           for unit in UNITS:
               machine.wait_for_unit(unit)
           machine.wait_for_unit("envoy.service")
-          machine.wait_for_unit("prometheus.service")
           machine.wait_for_open_port(${toString cfg.gateway.port})
           machine.wait_until_succeeds(f"curl -sf {BASE}/api/v1/health", timeout=120)
           # sentinel-migrate ran after the database existed, the services after it.
@@ -136,10 +135,40 @@ in
           status, body = api("GET", "/api/v1/tenants", token=acme)
           assert [t["slug"] for t in body["tenants"]] == ["acme"], (status, body)
 
-      with subtest("Prometheus scrapes every Sentinel process and Envoy"):
+      with subtest("Prometheus scrapes every Sentinel process, Envoy and the node exporter"):
           machine.wait_until_succeeds(
               "curl -sf http://127.0.0.1:9090/api/v1/targets"
               f" | jq -e '[.data.activeTargets[] | select(.health == \"up\")] | length == {TARGETS}'",
               timeout=120)
+
+      with subtest("Prometheus loaded the committed alerting and recording rules"):
+          machine.succeed("curl -sf http://127.0.0.1:9090/api/v1/rules"
+                          " | jq -e '[.data.groups[].rules[] | select(.name == \"SentinelAuditdDown\")] | length == 1'")
+
+      with subtest("the service logs reach Loki through Alloy"):
+          machine.wait_until_succeeds("curl -sf http://127.0.0.1:3100/ready", timeout=120)
+          machine.wait_until_succeeds(
+              "curl -sfG http://127.0.0.1:3100/loki/api/v1/query_range"
+              " --data-urlencode 'query={unit=\"sentinel-user.service\"}' --data-urlencode 'limit=5'"
+              " | jq -e '.data.result | length > 0'", timeout=120)
+
+      with subtest("Grafana has its admin password from the file and the provisioned dashboards"):
+          machine.wait_for_open_port(3000)
+          password = machine.succeed("cat /var/lib/sentinel-example/grafana-admin-password").strip()
+          auth = shlex.quote(f"admin:{password}")
+          machine.wait_until_succeeds(
+              f"curl -sf -u {auth} 'http://127.0.0.1:3000/api/search?folderUIDs=sentinel'"
+              " | jq -e 'length >= 1'", timeout=120)
+          machine.fail("curl -sf -u admin:admin http://127.0.0.1:3000/api/search")
+
+      with subtest("auditd runs Sentinel's rules; the watchdog and the collector report"):
+          machine.succeed("auditctl -s | grep -q 'enabled 1'")
+          machine.succeed("auditctl -l | grep -q 'key=exec-watchdog'")
+          machine.wait_until_succeeds("test -s ${textfiles}/sentinel_watchdog.prom", timeout=120)
+          machine.wait_until_succeeds("test -s ${textfiles}/sentinel_process_memory.prom", timeout=120)
+          machine.wait_until_succeeds(
+              "curl -sf http://127.0.0.1:9100/metrics | grep -q '^sentinel_watchdog_auditd_up 1'", timeout=120)
+          machine.wait_until_succeeds(
+              "curl -sf http://127.0.0.1:9100/metrics | grep -q '^sentinel_process_resident_memory_bytes'", timeout=120)
     '';
 }

@@ -138,6 +138,12 @@ in
   };
 
   config = lib.mkIf (cfg.enable && hs.enable) {
+    services.sentinel.units = [
+      "auditd.service"
+      "sentinel-watchdog.service"
+      "sentinel-procmem.service"
+    ];
+
     security.auditd.enable = true;
     security.audit = {
       enable = true;

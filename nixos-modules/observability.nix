@@ -120,6 +120,16 @@ in
           message = "services.sentinel.${name} must be a path outside the Nix store (a string such as \"/run/secrets/...\", not ./file): the store is world-readable.";
         }) (lib.filterAttrs (_: v: v != null) secretPaths);
 
+        # Unit names as nixpkgs declares them (prometheus.nix, exporters.nix, loki.nix, alloy.nix,
+        # grafana.nix).
+        services.sentinel.units = [
+          "prometheus.service"
+          "prometheus-node-exporter.service"
+        ]
+        ++ lib.optional obs.loki.enable "loki.service"
+        ++ lib.optional obs.alloy.enable "alloy.service"
+        ++ lib.optional obs.grafana.enable "grafana.service";
+
         services.prometheus = {
           enable = true;
           retentionTime = obs.retention;

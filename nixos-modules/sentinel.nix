@@ -427,10 +427,12 @@ in
 
     units = mkOption {
       type = types.listOf types.str;
-      readOnly = true;
-      default = d.units;
-      defaultText = literalExpression "[ \"sentinel-setup.service\" \"sentinel-migrate.service\" \"sentinel-tenant.service\" ... ]";
-      description = "Every systemd unit the Sentinel modules run (read-only; for tests and monitoring).";
+      default = [ ];
+      description = ''
+        Every long-running or set-up systemd unit the Sentinel modules run, each module adding its
+        own (the platform's, then observability's and host security's when enabled): what a
+        deployment check waits for. Set by the modules; not meant to be set by hand.
+      '';
     };
 
     scrapeConfigs = mkOption {
@@ -528,11 +530,13 @@ in
       description = "Sentinel (${lib.removePrefix "sentinel-" name})";
     });
 
+    services.sentinel.units = d.units;
+
     # `systemctl restart sentinel.target` restarts every Sentinel unit (they are partOf it).
     systemd.targets.sentinel = {
       description = "Sentinel";
       wantedBy = [ "multi-user.target" ];
-      wants = cfg.units;
+      wants = d.units; # the platform's own units; observability and auditd stand on their own
     };
 
     # Generated secrets, signing keys, composed URLs. Every Sentinel unit requires it.

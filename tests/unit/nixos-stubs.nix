@@ -25,6 +25,7 @@
 #   nixos/modules/security/auditd.nix                  security.auditd.enable (+ its audit.enable default)
 #   nixos/modules/security/audit.nix                   security.audit.{enable,rules,backlogLimit,failureMode}
 #   nixos/modules/system/boot/systemd/tmpfiles.nix     systemd.tmpfiles.rules
+#   nixos/modules/misc/version.nix                     system.stateVersion
 {
   lib,
   # name -> directory: runCommand derivations of these names "build" to that directory, so a test
@@ -737,6 +738,11 @@ let
             };
           };
         };
+        # nixos/modules/misc/version.nix (set by nix/example.nix)
+        system.stateVersion = mkOption {
+          type = types.str;
+        };
+
         services.envoy = {
           enable = lib.mkEnableOption "Envoy reverse proxy";
           package = mkOption {

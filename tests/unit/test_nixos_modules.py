@@ -793,3 +793,51 @@ def test_extras_are_the_python_rule_sets(evaluate: Evaluate) -> None:
     # The enum type refuses any other name at evaluation.
     with pytest.raises(AssertionError, match="is not of type"):
         evaluate({"hostSecurity": {"enable": True, "extras": ["tmp-exec-typo"]}})
+
+
+# ---------------------------------------------------------------------------------------------
+# The units a deployment check waits for, and the example host (nix/example.nix)
+
+PLATFORM_UNITS = ["sentinel-setup.service", "sentinel-migrate.service", "sentinel-tenant.service",
+                  "sentinel-user.service", "sentinel-audit.service", "sentinel-scheduler.service",
+                  "sentinel-worker.service", "sentinel-ratelimit.service"]
+OBSERVABILITY_UNITS = ["prometheus.service", "prometheus-node-exporter.service", "loki.service",
+                       "alloy.service", "grafana.service"]
+HOST_UNITS = ["auditd.service", "sentinel-watchdog.service", "sentinel-procmem.service"]
+
+
+def _declared(out: dict[str, Any], unit: str) -> bool:
+    """A unit some module defines: ours (in the evaluated services) or an upstream one we enable."""
+    name, upstream = unit.removesuffix(".service"), {
+        "prometheus": out["prometheus"]["enable"], "prometheus-node-exporter": out["prometheus"]["node"]["enable"],
+        "loki": out["loki"]["enable"], "alloy": out["alloy"]["enable"], "grafana": out["grafana"]["enable"],
+        "auditd": out["audit"]["auditd"]}
+    return upstream.get(name, False) or name in out["services"]
+
+
+def test_every_module_adds_the_units_it_runs(evaluate: Evaluate) -> None:
+    out = evaluate({"observability": {"enable": True, "grafana": OBS_SECRETS}, **HOST})
+    assert out["assertions"] == []
+    assert sorted(out["sentinel"]["units"]) == sorted(PLATFORM_UNITS + OBSERVABILITY_UNITS + HOST_UNITS)
+    assert all(_declared(out, unit) for unit in out["sentinel"]["units"])
+    # sentinel.target pulls in the platform's own units only.
+    assert sorted(out["targets"]["sentinel"]["wants"]) == sorted(PLATFORM_UNITS)
+    lean = evaluate({"observability": {"enable": True, "grafana": {"enable": False}, "alloy": {"enable": False}}})
+    assert sorted(lean["sentinel"]["units"]) == sorted([*PLATFORM_UNITS, *OBSERVABILITY_UNITS[:3]])
+
+
+def test_the_example_host_runs_everything(evaluate: Evaluate) -> None:
+    """nixosConfigurations.example and the VM test's host: every module on, no failed assertion,
+    Grafana's secrets made on the host before Grafana starts, none of them in the store."""
+    out = evaluate({}, nix=f"import {REPO}/nix/example.nix")
+    assert out["assertions"] == [], out["assertions"]
+    assert sorted(out["sentinel"]["units"]) == sorted(PLATFORM_UNITS + OBSERVABILITY_UNITS + HOST_UNITS)
+    assert all(_declared(out, unit) for unit in out["sentinel"]["units"])
+    security = out["grafana"]["security"]
+    assert security == {"admin_user": "admin",
+                        "admin_password": "$__file{/var/lib/sentinel-example/grafana-admin-password}",
+                        "secret_key": "$__file{/var/lib/sentinel-example/grafana-secret-key}"}
+    secrets = out["services"]["sentinel-example-secrets"]
+    assert "grafana.service" in secrets["before"] and "grafana.service" in secrets["wantedBy"]
+    assert secrets["serviceConfig"]["Type"] == "oneshot"
+    assert "/nix/store" not in json.dumps(security)
