@@ -57,14 +57,16 @@ async def seed(user_target: str, tenant_target: str, admin_email: str, admin_pas
         return {"tenant_id": tenant.id, "user_id": last, "token": owner.access_token}
 
 
-def scrape_errors(metrics_url: str, method: str) -> float:
+def scrape_errors(metrics_url: str, method: str) -> dict[str, float]:
+    """The service's error counts for ``method`` by gRPC code."""
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
-    total = 0.0
+    counts: dict[str, float] = {}
     for line in text.splitlines():
         # The method label is "<Service>/<Method>" (e.g. UserService/GetUser).
         if line.startswith("sentinel_errors_total{") and f'/{method}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+            code = line.split('code="', 1)[1].split('"', 1)[0]
+            counts[code] = counts.get(code, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
 
 
 def table(results: list[Result], processes: list[str]) -> str:
@@ -127,12 +129,17 @@ def main(argv: list[str] | None = None) -> int:
                    headers=auth, body=None, **run),
         ]
         # h2load sees HTTP 200 for gRPC errors too: count failures from the service's own metrics.
-        grpc_errors = {m: scrape_errors(metrics, m) - errors_before[m] for m in ("GetUser", "ListUsers")}
+        grpc_errors = {}
+        for m in ("GetUser", "ListUsers"):
+            after = scrape_errors(metrics, m)
+            grpc_errors[m] = {code: n - errors_before[m].get(code, 0.0) for code, n in after.items()
+                              if n > errors_before[m].get(code, 0.0)}
 
     print(f"\nSentinel benchmark — Python {platform.python_version()}, grpcio {grpc.__version__}, "
           f"concurrency {concurrency} ({ns.clients} conns x {ns.streams} streams), {ns.seconds:.0f} s each")
     print(table(results, ["user-svc", "envoy", "bench-client"]))
-    print(f"\nservice-side errors during the runs: {grpc_errors}")
+    # UNKNOWN here is mostly calls in flight when a load generator stops (client cancelled).
+    print(f"\nservice-side errors during the runs, by code: {grpc_errors}")
     ratios = {}
     for op in ("GetUser", "ListUsers"):
         raw = next(r for r in results if r.name.startswith(op) and "raw" in r.name)

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import asyncpg
 import grpc
 import jwt
 import pytest
@@ -581,6 +582,10 @@ def test_connection_error_classification() -> None:
     assert _is_connection_error(ConnectionResetError())
     assert _is_connection_error(TimeoutError())  # an OSError
     assert not _is_connection_error(ValueError())
+    # What db.read_only's raw asyncpg connection raises: lost connection, server shutting down.
+    assert _is_connection_error(asyncpg.ConnectionDoesNotExistError("connection was closed"))
+    assert _is_connection_error(asyncpg.AdminShutdownError("terminating connection"))
+    assert not _is_connection_error(asyncpg.UniqueViolationError("duplicate key"))
     assert not _is_connection_error(SentinelError("x"))
 
 

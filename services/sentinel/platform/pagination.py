@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Select, tuple_
+from sqlalchemy import ColumnElement, Integer, Select, bindparam, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sentinel.platform.errors import Aborted, FieldViolation, InvalidArgument
@@ -117,11 +117,34 @@ class PageTokens:
         query = query.order_by(model.create_time, model.id).limit(size + 1)
         if cursor:
             query = query.where(tuple_(model.create_time, model.id) > (cursor.create_time, cursor.id))
-        rows = list((await session.scalars(query)).all())
+        return self.page_of(list((await session.scalars(query)).all()), size=size, tenant=tenant, scope=scope)
+
+    def page_of(self, rows: list[RowT], *, size: int, tenant: uuid.UUID | None, scope: str) -> tuple[list[RowT], str]:
+        """The page and the next token, from up to ``size + 1`` rows in keyset order."""
         if len(rows) <= size:
             return rows, ""
         rows = rows[:size]
         return rows, self.encode(Cursor(rows[-1].create_time, rows[-1].id), tenant=tenant, scope=scope)
+
+
+# Keyset pages as compiled queries (db.Query): the statement has bind parameters where
+# fetch_page puts values, so one compiled form serves every page.
+def keyset_after(model: Any) -> ColumnElement[bool]:
+    """``(create_time, id) > (:after_time, :after_id)`` for ``model``; values from :func:`page_params`."""
+    return tuple_(model.create_time, model.id) > tuple_(
+        bindparam("after_time", type_=model.create_time.type), bindparam("after_id", type_=model.id.type))
+
+
+def keyset_order(query: Select[Any], model: Any) -> Select[Any]:
+    """Keyset order and ``LIMIT :limit`` (one row more than the page, see ``page_of``)."""
+    return query.order_by(model.create_time, model.id).limit(bindparam("limit", type_=Integer))
+
+
+def page_params(size: int, cursor: Cursor | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": size + 1}
+    if cursor is not None:
+        params |= {"after_time": cursor.create_time, "after_id": cursor.id}
+    return params
 
 
 def _invalid() -> InvalidArgument:

@@ -11,6 +11,7 @@ refuses every service token at the edge.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from pathlib import Path
@@ -28,6 +29,7 @@ AUDIENCE = "sentinel-internal"
 TOKEN_TTL_SECONDS = 300
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every call; decoding the JWS was ~7 % of a GetUser
 def is_service_token(token: str) -> bool:
     try:
         return str(jwt.get_unverified_header(token).get("kid", "")).startswith(KID_PREFIX)

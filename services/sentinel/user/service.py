@@ -3,10 +3,11 @@ rules here are the ones only this service knows (roles a caller may grant, last 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import grpc
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sentinel.common.v1 import common_pb2
@@ -24,7 +25,7 @@ from sentinel.platform.errors import (
     require,
 )
 from sentinel.platform.ids import parse_uuid, uuid7
-from sentinel.platform.pagination import check_etag, etag, page_size
+from sentinel.platform.pagination import check_etag, etag, keyset_after, keyset_order, page_params, page_size
 from sentinel.platform.server import Runtime, ServiceSpec
 from sentinel.platform.validation import email as check_email
 from sentinel.platform.validation import text as check_text
@@ -45,9 +46,24 @@ ROLE = EnumText(common_pb2.Role, "ROLE_")
 STATE = EnumText(user_pb2.UserState, "USER_STATE_")
 UPDATABLE = ("email", "display_name", "role", "state")
 Context = grpc.aio.ServicerContext[Any, Any]
+# The hot read, without the ORM (db.read_only); RLS binds it to the caller's tenant.
+USER_BY_ID = db.Query(select(User).where(User.id == bindparam("id")))
 
 
-def to_proto(row: User) -> user_pb2.User:
+@functools.cache
+def list_users_query(role: bool, state: bool, after: bool) -> db.Query:
+    """ListUsers' statement for one combination of filters (at most eight, compiled once each)."""
+    query = select(User)
+    if role:
+        query = query.where(User.role == bindparam("role"))
+    if state:
+        query = query.where(User.state == bindparam("state"))
+    if after:
+        query = query.where(keyset_after(User))
+    return db.Query(keyset_order(query, User))
+
+
+def to_proto(row: User | db.Fetched) -> user_pb2.User:
     return user_pb2.User(
         id=str(row.id), tenant_id=str(row.tenant_id), email=row.email, display_name=row.display_name,
         role=ROLE.value(row.role), state=STATE.value(row.state), create_time=timestamp(row.create_time),
@@ -132,11 +148,11 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
     async def GetUser(self, request: user_service_pb2.GetUserRequest,
                       context: Context) -> user_service_pb2.GetUserResponse:
         user_id = parse_uuid(request.id, "id")
-        async with db.unit_of_work() as session:
-            row = await session.get(User, user_id)
-            if row is None:
-                raise not_found(user_id)
-            return user_service_pb2.GetUserResponse(user=to_proto(row))
+        async with db.read_only() as reader:
+            row = await reader.one(USER_BY_ID, id=user_id)
+        if row is None:
+            raise not_found(user_id)
+        return user_service_pb2.GetUserResponse(user=to_proto(row))
 
     async def ListUsers(self, request: user_service_pb2.ListUsersRequest,
                         context: Context) -> user_service_pb2.ListUsersResponse:
@@ -146,14 +162,11 @@ class UserApi(user_service_pb2_grpc.UserServiceServicer):
         call = require_call()
         scope = f"ListUsers|{role}|{state}"
         cursor = self.page_tokens.cursor_for(request.page_token, tenant=call.tenant_id, scope=scope)
-        query = select(User)
-        if role:
-            query = query.where(User.role == role)
-        if state:
-            query = query.where(User.state == state)
-        async with db.unit_of_work() as session:
-            rows, token = await self.page_tokens.fetch_page(session, query, User, size=size, cursor=cursor,
-                                                            tenant=call.tenant_id, scope=scope)
+        query = list_users_query(bool(role), bool(state), cursor is not None)
+        filters = {k: v for k, v in (("role", role), ("state", state)) if v}
+        async with db.read_only() as reader:
+            fetched = await reader.all(query, **filters, **page_params(size, cursor))
+        rows, token = self.page_tokens.page_of(fetched, size=size, tenant=call.tenant_id, scope=scope)
         return user_service_pb2.ListUsersResponse(users=[to_proto(r) for r in rows], next_page_token=token)
 
     async def UpdateUser(self, request: user_service_pb2.UpdateUserRequest,

@@ -10,6 +10,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import asyncpg
 import grpc
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -21,8 +22,14 @@ log = logging.getLogger("sentinel.errors")
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
+# Raised as they are by db.read_only, which talks to the asyncpg connection directly: a lost
+# connection (class 08) and a server shutting down or starting up (57P01-57P03).
+_ASYNCPG_UNAVAILABLE = (asyncpg.PostgresConnectionError | asyncpg.AdminShutdownError
+                        | asyncpg.CrashShutdownError | asyncpg.CannotConnectNowError)
+
+
 def _is_connection_error(exc: BaseException) -> bool:
-    if isinstance(exc, OperationalError | PoolTimeout | ConnectionError | OSError):
+    if isinstance(exc, OperationalError | PoolTimeout | ConnectionError | OSError | _ASYNCPG_UNAVAILABLE):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
