@@ -263,14 +263,14 @@ class Bench:
         if route.kind == "rest":
             return h2load(name, f"http://{route.address}/api/v1/users/{t.user_id}", headers=auth, body=None, **run)
         metrics = self.stack.metrics_url("user")
-        before = scrape_errors(metrics, "UserService/GetUser"), handled(metrics, "UserService/GetUser")
+        before = service_errors(metrics), handled(metrics, "UserService/GetUser")
         result = h2load(name, f"http://{route.address}/sentinel.user.v1.UserService/GetUser",
                         headers={**auth, "content-type": "application/grpc", "te": "trailers"},
                         body=grpc_frame(usp.GetUserRequest(id=t.user_id).SerializeToString()), **run)
         # h2load sees HTTP 200 for gRPC errors: count the service's own, and, through Envoy, the
         # calls that never reached the service (Envoy's own refusals, e.g. a rate limit). The
         # service's count includes the warm-up, so only refusals beyond that show.
-        result.errors += int(scrape_errors(metrics, "UserService/GetUser") - before[0])
+        result.errors += int(service_errors(metrics) - before[0])
         result.errors = max(result.errors, result.requests - int(handled(metrics, "UserService/GetUser") - before[1]))
         return result
 
@@ -284,6 +284,11 @@ class Bench:
                            concurrency=max(1, self.concurrency // self.processes), pids=self.pids(route), rate=rate)
 
         return run
+
+
+def service_errors(metrics_url: str) -> float:
+    """GetUser calls the user service answered with an error, any code."""
+    return sum(scrape_errors(metrics_url, "GetUser").values())
 
 
 def handled(metrics_url: str, method: str) -> float:

@@ -6,7 +6,7 @@ let
 
   python = pkgs.python3Packages.python;
   postgresql = pkgs.postgresql_17;
-  inherit (pkgs) redis;
+  inherit (pkgs) redis prometheus;
   envoy = pkgs.envoy-bin; # upstream static build; pkgs.envoy builds from source with Bazel
 
   # The dev launcher (`sentinel up`) takes these binaries before its embedded fallbacks.
@@ -14,6 +14,8 @@ let
     SENTINEL_POSTGRES_BIN_DIR = "${lib.getBin postgresql}/bin"; # initdb, postgres, pg_ctl
     SENTINEL_REDIS_SERVER = lib.getExe' redis "redis-server";
     SENTINEL_ENVOY_BIN = lib.getExe' envoy "envoy";
+    # With it the stack also runs Prometheus on the generated rules (`sentinel up --prometheus-port`).
+    SENTINEL_PROMETHEUS_BIN = lib.getExe' prometheus "prometheus";
   };
   # Exports that keep a value the caller already set (so one binary can still be swapped).
   exportStackEnv = lib.concatStringsSep "\n" (
@@ -27,6 +29,7 @@ let
       postgresql
       redis
       envoy
+      prometheus
     ];
     text = ''
       ${exportStackEnv}
@@ -78,6 +81,7 @@ in
       postgresql
       redis
       envoy
+      prometheus
       pkgs.grpcurl
       pkgs.protobuf
       pkgs.ruff

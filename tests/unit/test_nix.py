@@ -48,7 +48,7 @@ PYTHON_PACKAGES = [
 # pyproject dependencies nixpkgs lacks: nix/package.nix builds them (`vendored`) from these sdists.
 VENDORED: dict[str, str] = {}
 TOP_LEVEL_PACKAGES = [
-    "envoy-bin", "grpcurl", "nixfmt", "postgresql_17", "protobuf", "redis", "ruff", "uv", "zlib",
+    "envoy-bin", "grpcurl", "nixfmt", "postgresql_17", "prometheus", "protobuf", "redis", "ruff", "uv", "zlib",
 ]
 # Extras used in pyproject.toml and the python3Packages they must pull in.
 EXTRAS = {("sqlalchemy", "asyncio"): ["greenlet"], ("pyjwt", "crypto"): ["cryptography"]}
@@ -329,13 +329,14 @@ def test_apps_run_the_cli(evaluated: dict[str, Any]) -> None:
     scripts = evaluated["scripts"]
     up = scripts["up"]
     assert re.search(r'^exec sentinel up "\$@"$', up["text"], re.M)
-    assert set(up["runtimeInputs"]) == {"sentinel", "postgresql_17", "redis", "envoy-bin"}
+    assert set(up["runtimeInputs"]) == {"sentinel", "postgresql_17", "redis", "envoy-bin", "prometheus"}
     # The launcher takes these before its embedded fallbacks; a caller's own value still wins.
     exports = dict(re.findall(r'^export (SENTINEL_[A-Z_]+)="\$\{\1:-([^}]*)\}"$', up["text"], re.M))
     assert exports == {
         "SENTINEL_POSTGRES_BIN_DIR": "/nix/store/00000000000000000000000000000000-postgresql_17/bin",
         "SENTINEL_REDIS_SERVER": "/nix/store/00000000000000000000000000000000-redis/bin/redis-server",
         "SENTINEL_ENVOY_BIN": "/nix/store/00000000000000000000000000000000-envoy-bin/bin/envoy",
+        "SENTINEL_PROMETHEUS_BIN": "/nix/store/00000000000000000000000000000000-prometheus/bin/prometheus",
     }
     migrate = scripts["migrate"]
     assert re.search(r'^exec sentinel migrate "\$@"$', migrate["text"], re.M)
@@ -389,9 +390,10 @@ def test_checks_and_dev_shell(evaluated: dict[str, Any]) -> None:
     assert 'pytest tests/unit -m "not integration"' in unit
     assert "export HOME=$TMPDIR" in unit
     shell = evaluated["devShell"]
-    assert {"python3", "uv", "postgresql_17", "redis", "envoy-bin", "grpcurl", "protobuf", "ruff",
+    assert {"python3", "uv", "postgresql_17", "redis", "envoy-bin", "prometheus", "grpcurl", "protobuf", "ruff",
             "nixfmt"} <= set(shell["packages"])
-    assert {"SENTINEL_POSTGRES_BIN_DIR", "SENTINEL_REDIS_SERVER", "SENTINEL_ENVOY_BIN"} <= set(shell["env"])
+    assert {"SENTINEL_POSTGRES_BIN_DIR", "SENTINEL_REDIS_SERVER", "SENTINEL_ENVOY_BIN",
+            "SENTINEL_PROMETHEUS_BIN"} <= set(shell["env"])
     assert "sentinel up" in shell["shellHook"] and "sentinel migrate" in shell["shellHook"]
 
 
