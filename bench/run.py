@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nSentinel benchmark — Python {platform.python_version()}, grpcio {grpc.__version__}, "
           f"concurrency {concurrency} ({ns.clients} conns x {ns.streams} streams), {ns.seconds:.0f} s each")
     print(table(results, ["user-svc", "envoy", "bench-client"]))
-    # UNKNOWN here is mostly calls in flight when a load generator stops (client cancelled).
+    # CANCELLED here: calls in flight when a load generator stopped (it resets its streams).
     print(f"\nservice-side errors during the runs, by code: {grpc_errors}")
     ratios = {}
     for op in ("GetUser", "ListUsers"):

@@ -112,6 +112,8 @@ class Users(user_service_pb2_grpc.UserServiceServicer):
             raise NotImplementedError(SECRET_DETAIL)  # a handler bug, not an unimplemented method
         if request.id == "abort":
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "aborted by the handler")
+        if request.id == "slow":
+            await asyncio.sleep(30)  # until the client gives up
         return user_service_pb2.GetUserResponse(user=user_pb2.User(id=request.id, tenant_id=str(call.tenant_id)))
 
     async def CreateUser(self, request: Any, context: Any) -> user_service_pb2.CreateUserResponse:
@@ -694,6 +696,21 @@ async def test_metrics_record_auth_failures_and_internal_errors(stack: Stack) ->
     await _settled()
     assert _sample("sentinel_requests_total", method=method, code="UNAUTHENTICATED") == unauth0 + 1
     assert _sample("sentinel_requests_total", method=method, code="INTERNAL") == internal0 + 1
+
+
+async def test_a_call_the_client_abandons_is_cancelled_not_a_server_error(stack: Stack) -> None:
+    method = "UserService/GetUser"
+    cancelled0 = _sample("sentinel_requests_total", method=method, code="CANCELLED")
+    unknown0 = _sample("sentinel_errors_total", method=method, code="UNKNOWN")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stack.users.GetUser(user_service_pb2.GetUserRequest(id="slow"), metadata=stack.auth(), timeout=0.3)
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(200):  # the server learns of it a little later than the client gives up
+        if _sample("sentinel_requests_total", method=method, code="CANCELLED") > cancelled0:
+            break
+        await asyncio.sleep(0.01)
+    assert _sample("sentinel_requests_total", method=method, code="CANCELLED") == cancelled0 + 1
+    assert _sample("sentinel_errors_total", method=method, code="UNKNOWN") == unknown0
 
 
 def test_metric_labels_never_carry_ids() -> None:

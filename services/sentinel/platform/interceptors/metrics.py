@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +22,10 @@ def final_code(call: Call, exc: BaseException | None) -> grpc.StatusCode:
     code = call.context.code()
     if isinstance(code, grpc.StatusCode):
         return code
+    if isinstance(exc, asyncio.CancelledError):
+        # The client went away (reset the stream, or its deadline passed) and grpc cancelled the
+        # handler: CANCELLED, not UNKNOWN, which the SLOs count as a server error.
+        return grpc.StatusCode.CANCELLED
     if exc is not None:
         return grpc.StatusCode.UNKNOWN
     return grpc.StatusCode.OK
