@@ -42,7 +42,7 @@ let
   # sentinel.gateway.envoy.GatewayConfig as JSON. placeholder "out" is the render derivation's own
   # output path, filled in by Nix when it builds.
   gatewayConfig = {
-    upstreams = lib.genAttrs sl.serviceNames (s: map (i: i.address) (d.instancesOf s));
+    upstreams = lib.genAttrs sl.serviceNames d.upstreamsOf;
     descriptor_set_path = "${placeholder "out"}/sentinel.pb";
     docs_dir = if gw.docs then "${placeholder "out"}/docs" else null;
     listen_host = gw.listenAddress;

@@ -128,13 +128,25 @@ rec {
             address = hostPort (dialHost cfg.listenAddress) (s.port + step);
             metricsAddress = hostPort (dialHost cfg.listenAddress) (s.metricsPort + step);
           }
-        ) (lib.max 0 s.instances);
+        ) (if s.enable then lib.max 0 s.instances else 0);
     in
     rec {
       inherit instancesOf;
       instances = concatMap instancesOf serviceNames;
-      # Peers call a service's first instance; only Envoy balances over all of them.
-      peerAddress = service: (builtins.head (instancesOf service)).address;
+      # Peers call a service's first instance; only Envoy balances over all of them. A service
+      # another host runs (enable = false) is called at its `address`.
+      peerAddress =
+        service:
+        if cfg.services.${service}.enable then
+          (builtins.head (instancesOf service)).address
+        else
+          toString cfg.services.${service}.address; # null: an assertion says what to set
+      upstreamsOf =
+        service:
+        if cfg.services.${service}.enable then
+          map (i: i.address) (instancesOf service)
+        else
+          lib.optional (cfg.services.${service}.address != null) cfg.services.${service}.address;
 
       # The gateway's options come from gateway.nix; without it there is no edge and no limiter.
       rateLimitsEnabled = (cfg.gateway.enable or false) && cfg.gateway.rateLimits.enable;

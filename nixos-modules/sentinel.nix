@@ -62,6 +62,21 @@ let
       description = "The ${name} service (`sentinel serve ${name}`).";
       type = types.submodule {
         options = portOptions name // {
+          enable = mkOption {
+            type = types.bool;
+            default = true;
+            description = ''
+              Run the ${name} service on this host. Off: another host runs it, at `address`, which
+              this host's services and Envoy call instead (give both hosts the same signing keys:
+              `signingKeys.generate = false` and the files in `signingKeys.directory`).
+            '';
+          };
+          address = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "10.0.0.7:${toString sl.defaultPorts.${name}.port}";
+            description = "`host:port` of the ${name} service elsewhere, when `enable` is off here.";
+          };
           instances = mkOption {
             type = types.int;
             default = 1;
@@ -445,7 +460,10 @@ in
             static_configs = [ { inherit targets; } ];
           };
         in
-        map (s: job "sentinel-${s}" (map (i: i.metricsAddress) (d.instancesOf s))) sl.serviceNames
+        # Only what runs here: a service on another host is that host's Prometheus's to scrape.
+        map (s: job "sentinel-${s}" (map (i: i.metricsAddress) (d.instancesOf s))) (
+          builtins.filter (s: cfg.services.${s}.enable) sl.serviceNames
+        )
         ++ lib.optional d.rateLimitsEnabled (job "sentinel-ratelimit" [ d.ratelimitMetricsAddress ])
         ++ lib.optional cfg.worker.enable (job "sentinel-worker" [ d.workerMetricsAddress ])
         ++ lib.optional (cfg.gateway.enable or false) (
@@ -467,6 +485,14 @@ in
       map (s: {
         assertion = cfg.services.${s}.instances >= 1;
         message = "services.sentinel.services.${s}.instances must be at least 1 (it is ${toString cfg.services.${s}.instances}).";
+      }) sl.serviceNames
+      ++ map (s: {
+        assertion = cfg.services.${s}.enable || cfg.services.${s}.address != null;
+        message = "services.sentinel.services.${s}.enable is off: set services.sentinel.services.${s}.address to the host:port where it runs (this host's services and Envoy call it there).";
+      }) sl.serviceNames
+      ++ map (s: {
+        assertion = !(cfg.services.${s}.enable && cfg.services.${s}.address != null);
+        message = "services.sentinel.services.${s}.address is for a ${s} service on another host; with services.sentinel.services.${s}.enable on, this host runs it: unset one of them.";
       }) sl.serviceNames
       ++ [
         {

@@ -513,6 +513,12 @@ BAD = {
     "no instances": (
         {"services": {"audit": {"instances": 0}}},
         "services.sentinel.services.audit.instances must be at least 1 (it is 0)."),
+    "service off without an address": (
+        {"services": {"scheduler": {"enable": False}}},
+        "services.sentinel.services.scheduler.enable is off: set services.sentinel.services.scheduler.address"),
+    "service on with an address": (
+        {"services": {"scheduler": {"address": "10.0.0.7:50054"}}},
+        "services.sentinel.services.scheduler.address is for a scheduler service on another host"),
     "rate limits without redis": (
         {"redis": {"createLocally": False, "host": None}, "worker": {"enable": False}},
         "services.sentinel.gateway.rateLimits.enable needs Redis"),
@@ -538,6 +544,22 @@ BAD = {
         {"gateway": {"cors": {"allowedOrigins": ["*"], "allowCredentials": True}}},
         "services.sentinel.gateway.cors.allowCredentials cannot be combined with the origin \"*\""),
 }
+
+
+def test_a_service_another_host_runs(evaluate: Evaluate, tmp_path: Path) -> None:
+    """services.<name>.enable = false: no unit here; peers, Envoy and nothing else point at its address."""
+    remote = "scheduler.internal:50054"
+    out = evaluate({"services": {"scheduler": {"enable": False, "address": remote}}})
+    assert out["assertions"] == []
+    units = _sentinel_units(out)
+    assert "sentinel-scheduler" not in units and "sentinel-scheduler.service" not in out["sentinel"]["units"]
+    for name in ("sentinel-tenant", "sentinel-user", "sentinel-audit", "sentinel-worker"):
+        assert units[name]["environment"]["SENTINEL_SCHEDULER_ADDR"] == remote, name
+    assert units["sentinel-tenant"]["environment"]["SENTINEL_USER_ADDR"] == "127.0.0.1:50052"
+    assert "sentinel-scheduler" not in {j["job_name"] for j in out["sentinel"]["scrapeConfigs"]}
+    config = json.loads(_render(out, tmp_path / "sentinel-gateway").read_text())
+    assert config["upstreams"]["scheduler"] == [remote]
+    assert config["upstreams"]["user"] == ["127.0.0.1:50052"]
 
 
 def test_a_nix_path_literal_is_refused_before_it_reaches_the_store(evaluate: Evaluate) -> None:
