@@ -141,8 +141,8 @@ class Prom:
         assert r.status_code == 200 and body["status"] == "success", f"{expr}\n-> {r.status_code} {body}"
         return list(body["data"]["result"])
 
-    def value(self, expr: str) -> float:
-        result = self.query(expr)
+    def value(self, expr: str, at: float | None = None) -> float:
+        result = self.query(expr, at)
         assert len(result) == 1, f"{expr}: expected one series, got {result}"
         return float(result[0]["value"][1])
 
@@ -347,8 +347,13 @@ def test_dashboards_and_rules_against_a_real_prometheus(stack: Stack, tmp_path: 
             # The platform-wide figure is a ratio of the summed counts, never a mean of ratios.
             overall = sum(delta.non_ok.values()) / sum(delta.total.values())
             assert abs(sli("error-rate", "all") - overall) < 0.03, (sli("error-rate", "all"), overall)
-            burn = prom.value('slo:current_burn_rate:ratio{sloth_slo="error-rate", service="tenant"}')
-            assert abs(burn - sli("error-rate", "tenant") / 0.01) < 1e-6
+            # Read both as of the burn rate's own evaluation (same rule group, same timestamp): two
+            # reads at "now" can straddle an evaluation, and the rates move with every one.
+            burn_series = 'slo:current_burn_rate:ratio{sloth_slo="error-rate", service="tenant"}'
+            evaluated = prom.value(f"timestamp({burn_series})")
+            burn = prom.value(burn_series, at=evaluated)
+            sli_then = prom.value('slo:sli_error:ratio_rate5m{sloth_slo="error-rate", service="tenant"}', at=evaluated)
+            assert abs(burn - sli_then / 0.01) < 1e-6, (burn, sli_then)
 
             # --- Targets: every job up, Envoy's /stats/prometheus among them.
             targets = client.get(f"{prom.url}/api/v1/targets").json()["data"]["activeTargets"]
