@@ -107,6 +107,13 @@ async def test_inside_a_unit_of_work_it_joins_that_transaction(world: World) -> 
             async with db.read_only() as reader:  # sees the uncommitted change: same transaction
                 row = await reader.one(USER, id=uuid.UUID(world.a.member.user_id))
                 assert row is not None and row.display_name == "joined"
+            # A change still pending in the ORM session is flushed first, as autoflush would.
+            orm_user = await session.get(User, uuid.UUID(world.a.member.user_id))
+            assert orm_user is not None
+            orm_user.display_name = "pending"
+            async with db.read_only() as reader:
+                row = await reader.one(USER, id=uuid.UUID(world.a.member.user_id))
+                assert row is not None and row.display_name == "pending"
             raise RollBack
     async with db.read_only(tenant_id=a, platform=False) as reader:
         row = await reader.one(USER, id=uuid.UUID(world.a.member.user_id))

@@ -236,6 +236,7 @@ async def read_only(*, tenant_id: uuid.UUID | None = None,
     """
     active = _active.get()
     if active is not None and tenant_id is None and platform is None:
+        await active.flush()  # as the ORM's autoflush would: the reads see this transaction's writes
         joined = await (await active.connection()).get_raw_connection()
         yield Reader(joined.driver_connection)
         return
