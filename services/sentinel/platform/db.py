@@ -108,6 +108,17 @@ def after_commit(callback: Callable[[], Any]) -> None:
     pending.append(callback)
 
 
+def _binding(tenant_id: uuid.UUID | None, platform: bool | None) -> tuple[uuid.UUID | None, bool]:
+    """The tenant and platform scope a transaction binds: as given, else the current call's
+    (as the policy interceptor decided them)."""
+    call = current_call()
+    if tenant_id is None and call is not None:
+        tenant_id = call.db_tenant_id
+    if platform is None:
+        platform = bool(call and call.platform_scope)
+    return tenant_id, platform
+
+
 @contextlib.asynccontextmanager
 async def unit_of_work(*, tenant_id: uuid.UUID | None = None, platform: bool | None = None,
                        sessions: async_sessionmaker[AsyncSession] | None = None) -> AsyncIterator[AsyncSession]:
@@ -120,11 +131,7 @@ async def unit_of_work(*, tenant_id: uuid.UUID | None = None, platform: bool | N
     if active is not None and tenant_id is None and platform is None:
         yield active
         return
-    call = current_call()
-    if tenant_id is None and call is not None:
-        tenant_id = call.db_tenant_id
-    if platform is None:
-        platform = bool(call and call.platform_scope)
+    tenant_id, platform = _binding(tenant_id, platform)
     factory = sessions or _state.sessions
     if factory is None:
         raise RuntimeError("database not initialised")
@@ -240,11 +247,7 @@ async def read_only(*, tenant_id: uuid.UUID | None = None,
         joined = await (await active.connection()).get_raw_connection()
         yield Reader(joined.driver_connection)
         return
-    call = current_call()
-    if tenant_id is None and call is not None:
-        tenant_id = call.db_tenant_id
-    if platform is None:
-        platform = bool(call and call.platform_scope)
+    tenant_id, platform = _binding(tenant_id, platform)
     async with engine().connect() as pooled:
         raw: asyncpg.Connection = (await pooled.get_raw_connection()).driver_connection
         try:
