@@ -33,6 +33,7 @@ in
       environment.systemPackages = [
         pkgs.curl
         pkgs.jq
+        pkgs.audit # auditctl for the checks (security.auditd runs auditd, it does not install the tools)
       ];
       virtualisation.memorySize = 4096;
       virtualisation.cores = 2;
