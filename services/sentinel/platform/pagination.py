@@ -114,10 +114,10 @@ class PageTokens:
 
         Reads one row more than asked to know whether another page exists.
         """
-        query = query.order_by(model.create_time, model.id).limit(size + 1)
         if cursor:
-            query = query.where(tuple_(model.create_time, model.id) > (cursor.create_time, cursor.id))
-        return self.page_of(list((await session.scalars(query)).all()), size=size, tenant=tenant, scope=scope)
+            query = query.where(keyset_after(model))
+        rows = await session.scalars(keyset_order(query, model), page_params(size, cursor))
+        return self.page_of(list(rows.all()), size=size, tenant=tenant, scope=scope)
 
     def page_of(self, rows: list[RowT], *, size: int, tenant: uuid.UUID | None, scope: str) -> tuple[list[RowT], str]:
         """The page and the next token, from up to ``size + 1`` rows in keyset order."""
@@ -127,8 +127,8 @@ class PageTokens:
         return rows, self.encode(Cursor(rows[-1].create_time, rows[-1].id), tenant=tenant, scope=scope)
 
 
-# Keyset pages as compiled queries (db.Query): the statement has bind parameters where
-# fetch_page puts values, so one compiled form serves every page.
+# Keyset pages with bind parameters, not values: one statement (for db.Query, one compiled
+# form) serves every page; fetch_page runs the same through the ORM.
 def keyset_after(model: Any) -> ColumnElement[bool]:
     """``(create_time, id) > (:after_time, :after_id)`` for ``model``; values from :func:`page_params`."""
     return tuple_(model.create_time, model.id) > tuple_(
