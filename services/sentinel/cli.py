@@ -18,13 +18,6 @@ def _serve(ns: argparse.Namespace) -> int:
     return run_service(ns.service)
 
 
-def _ratelimit(ns: argparse.Namespace) -> int:
-    os.environ["SENTINEL_SERVICE"] = "ratelimit"  # its default ports (50055, metrics 9106)
-    from sentinel.ratelimit.server import run
-
-    return run()
-
-
 def _worker(ns: argparse.Namespace) -> int:
     from sentinel.platform import logging as json_logging
     from sentinel.platform import metrics, redis_metrics, tracing
@@ -319,7 +312,7 @@ def _gateway_render(ns: argparse.Namespace) -> int:
     if ns.cors_origin:
         changes.update(cors_allowed_origins=tuple(ns.cors_origin), cors_allow_credentials=ns.cors_allow_credentials)
     if ns.no_rate_limit:
-        changes["ratelimit_address"] = None
+        changes["rate_limits"] = None
     cfg = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
     try:
         text = (json.dumps(envoy.render(cfg), indent=2) + "\n" if ns.format == "json"
@@ -376,9 +369,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run one gRPC service in the foreground")
     p.add_argument("service", choices=SERVICES)
     p.set_defaults(func=_serve)
-
-    p = sub.add_parser("ratelimit", help="run the edge rate-limit service (Envoy's global rate-limit API, on Redis)")
-    p.set_defaults(func=_ratelimit)
 
     p = sub.add_parser("worker", help="run the job consumer (huey on Redis) with the periodic scheduler")
     p.set_defaults(func=_worker)
@@ -452,10 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browsers on this origin (repeat for several)")
     p.add_argument("--cors-allow-credentials", action="store_true", help="send Access-Control-Allow-Credentials")
-    p.add_argument("--no-rate-limit", action="store_true", help="no rate-limit filter (no sentinel ratelimit running)")
+    p.add_argument("--no-rate-limit", action="store_true", help="no address-tier rate limits at the edge")
     p.add_argument("--config", type=Path, metavar="FILE.json",
                    help="render this GatewayConfig (a JSON object of its fields: upstreams, listen_host/port, "
-                        "admin_host/port, tls_cert_file/tls_key_file/tls_port, cors_*, ratelimit_address, "
+                        "admin_host/port, tls_cert_file/tls_key_file/tls_port, cors_*, rate_limits, "
                         "jwks_uri, docs_dir, access_log_path, ...) instead of the dev config; the flags above "
                         "still apply on top")
     p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="output format (default yaml)")

@@ -1,9 +1,10 @@
-"""Edge rate limits through the real Envoy, rate-limit service and Redis.
+"""Rate limits through the real Envoy (address tier) and services on Redis (tenant, principal).
 
 The suite's own address (127.0.0.1) is exempt and only the enterprise plan has reachable
 limits in the test stack (conftest.RATE_LIMITS, daily windows), so each test here calls from
 a loopback address of its own (127.x.y.z) and/or uses a fresh enterprise tenant: no test can
-eat another's budget, and a burst never straddles a window boundary.
+eat another's budget, and a burst never straddles a window boundary. The stack runs two
+user-service instances behind Envoy, so every tenant and principal count here crosses them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import random
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -59,11 +61,19 @@ def until_refused(call: Callable[[], httpx.Response], most: int) -> list[httpx.R
     return out
 
 
-def assert_refused_by_edge(r: httpx.Response, limit_value: int) -> None:
+def assert_refused(r: httpx.Response, limit_value: int, tier: str) -> None:
+    """A 429 as every client sees it, whichever side refused (Envoy's address tier, or a
+    service's tenant or principal tier)."""
     assert r.status_code == 429, r.text
     body = r.json()
     assert body["code"] == 8 and "Retry-After" in body["message"], body
-    assert body["request_id"] == r.headers["x-request-id"]
+    if tier == "ip":  # Envoy's own reply
+        assert body["request_id"] == r.headers["x-request-id"]
+    else:  # the service's RESOURCE_EXHAUSTED, transcoded
+        info = next(d for d in body["details"] if d["@type"].endswith("google.rpc.ErrorInfo"))
+        assert info["reason"] == "RATE_LIMITED" and info["metadata"]["tier"] == tier, info
+        assert any(d["@type"].endswith("google.rpc.RetryInfo") for d in body["details"]), body
+        assert r.headers["x-request-id"]
     assert r.headers["ratelimit-limit"] == str(limit_value)
     assert r.headers["ratelimit-remaining"] == "0"
     assert r.headers["retry-after"] == r.headers["ratelimit-reset"]
@@ -106,13 +116,25 @@ class Enterprise:
             assert r.status_code == 200, r.text
 
 
-def metric(stack: Stack, name: str, **labels: str) -> float:
-    text = httpx.get(stack.metrics_url("ratelimit"), timeout=5).text
+def metric_at(url: str, name: str, **labels: str) -> float:
+    text = httpx.get(url, timeout=5).text
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
         if line.startswith(f"{name}{{") and line.split("{", 1)[1].startswith(want):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def metric(stack: Stack, name: str, **labels: str) -> float:
+    """Summed over the user-service instances (they count the tenant and principal tiers)."""
+    return sum(metric_at(stack.metrics_url(n), name, **labels) for n in stack.instance_names("user"))
+
+
+def edge_refusals(stack: Stack, klass: str) -> int:
+    """Envoy's count of calls its address tier refused, for one class."""
+    stats = httpx.get(f"http://{stack.host}:{stack.ports.envoy_admin}/stats",
+                      params={"filter": f"^edge_ip_{klass}\\.http_local_rate_limit\\.rate_limited$"}, timeout=5).text
+    return sum(int(line.rsplit(" ", 1)[1]) for line in stats.splitlines() if line.strip())
 
 
 # --------------------------------------------------------------------------- tier (a): per address
@@ -126,7 +148,7 @@ def test_address_tier_counts_every_caller_by_address(stack: Stack) -> None:
         # Every admitted response says how much is left, counting down to 0.
         assert [int(r.headers["ratelimit-remaining"]) for r in seen[:-1]] == list(range(reads - 1, -1, -1))
         assert all(r.headers["ratelimit-limit"] == str(reads) for r in seen)
-        assert_refused_by_edge(seen[-1], reads)
+        assert_refused(seen[-1], reads, "ip")
         # Refused calls consume nothing; still refused.
         assert c.get("/api/v1/health").status_code == 429
     with client(stack.rest_url, own_address()) as other:  # another address has its own budget
@@ -140,7 +162,7 @@ def test_address_tier_counts_every_caller_by_address(stack: Stack) -> None:
 def test_authentication_is_the_strictest_class(stack: Stack) -> None:
     auth, reads = limit("ip", "auth"), limit("ip", "read")
     assert auth < reads
-    before = metric(stack, "sentinel_ratelimit_rejections_total", **{"class": "auth", "tier": "ip"})
+    before = edge_refusals(stack, "auth")
     with client(stack.rest_url, own_address()) as c:
         def guess() -> httpx.Response:  # a different unknown account each time: no account lock
             return c.post("/api/v1/auth/login", json={"tenant": "platform", "password": "not-the-password",
@@ -148,11 +170,10 @@ def test_authentication_is_the_strictest_class(stack: Stack) -> None:
 
         seen = until_refused(guess, 2 * auth + 1)
         assert [r.status_code for r in seen] == [401] * auth + [429]
-        assert_refused_by_edge(seen[-1], auth)
+        assert_refused(seen[-1], auth, "ip")
         # Reads from the same address have their own, more lenient budget.
         assert c.get("/api/v1/health").status_code == 200
-    after = metric(stack, "sentinel_ratelimit_rejections_total", **{"class": "auth", "tier": "ip"})
-    assert after >= before + 1
+    assert edge_refusals(stack, "auth") >= before + 1
 
 
 # --------------------------------------------------------------------------- tiers (b) and (c)
@@ -168,7 +189,7 @@ def test_principal_and_tenant_tiers(stack: Stack, admin_headers: dict[str, str])
 
         first = until_refused(read(0), 2 * per_user)
         assert [r.status_code for r in first] == [200] * per_user + [429]
-        assert_refused_by_edge(first[-1], per_user)
+        assert_refused(first[-1], per_user, "principal")
         # Another user of the tenant is not held back by the first one's limit ...
         second = until_refused(read(1), 2 * per_user)
         assert [r.status_code for r in second] == [200] * per_user + [429]
@@ -176,7 +197,7 @@ def test_principal_and_tenant_tiers(stack: Stack, admin_headers: dict[str, str])
         left = per_tenant - 2 * per_user
         third = until_refused(read(2), 2 * per_user)
         assert [r.status_code for r in third] == [200] * left + [429]
-        assert_refused_by_edge(third[-1], per_tenant)
+        assert_refused(third[-1], per_tenant, "tenant")
         # Writes are a class of their own: the owner may still create a user.
         r = c.post("/api/v1/users", headers=ent.headers(0), json={
             "email": f"late@{ent.slug}.example.com", "password": PASSWORD, "role": "ROLE_MEMBER"})
@@ -214,14 +235,14 @@ def test_api_keys_are_principals_and_forged_keys_charge_no_tenant(
         assert r.status_code == 200, r.text
         key = r.json()["secret"]
         # A well-formed key of this tenant that does not exist: refused by the service every time,
-        # never counted against the tenant or a principal (the limiter verifies keys first).
+        # never counted against the tenant or a principal (only a verified key is a principal).
         forged, _ = apikeys.generate(uuid.UUID(ent.id), uuid.uuid4())
         for _ in range(per_key + 2):
             assert c.get("/api/v1/users", headers={"x-api-key": forged}).status_code == 401
 
         seen = until_refused(lambda: c.get("/api/v1/users", headers={"x-api-key": key}), 2 * per_key)
         assert [r.status_code for r in seen] == [200] * per_key + [429]
-        assert_refused_by_edge(seen[-1], per_key)
+        assert_refused(seen[-1], per_key, "principal")
         # The same key as a bearer credential is the same principal.
         r = c.get("/api/v1/users", headers={"authorization": f"Bearer {key}"})
         assert r.status_code == 429
@@ -250,7 +271,7 @@ def test_native_grpc_gets_resource_exhausted(stack: Stack, admin_headers: dict[s
 
 @contextlib.contextmanager
 def second_envoy(stack: Stack, tmp: Path) -> Iterator[str]:
-    """Another Envoy on the stack's generated config (own ports), sharing the rate-limit service."""
+    """Another Envoy on the stack's generated config (own ports), in front of the same services."""
     config = yaml.safe_load((stack.data_dir / "gateway" / "envoy.yaml").read_text())
     port, admin = free_port(), free_port()
     config["admin"]["address"]["socket_address"]["port_value"] = admin
@@ -295,21 +316,53 @@ def test_limits_hold_across_envoy_instances(stack: Stack, admin_headers: dict[st
     assert codes == [200] * per_user + [429] * per_user, codes
 
 
-def test_an_unreachable_limiter_fails_open(stack: Stack) -> None:
-    """Last in the file: it stops the rate-limit service and starts it again."""
-    with client(stack.rest_url, own_address()) as c:
-        assert c.get("/api/v1/health").headers.get("ratelimit-limit")  # counted while it runs
-        stack.kill_service("ratelimit")
-        try:
-            deadline = time.monotonic() + 20
-            for _ in range(3 * limit("ip", "read")):  # beyond the address limit: nothing refuses
-                r = c.get("/api/v1/health")
-                assert r.status_code == 200, r.text
-                assert "ratelimit-limit" not in r.headers
-                assert time.monotonic() < deadline
-        finally:
-            stack.start_ratelimit()
-    stats = httpx.get(f"http://{stack.host}:{stack.ports.envoy_admin}/stats?filter=ratelimit", timeout=5).text
-    failed_open = sum(int(line.rsplit(" ", 1)[1]) for line in stats.splitlines()
-                      if line.split(":")[0].endswith((".ratelimit.error", ".ratelimit.failure_mode_allowed")))
-    assert failed_open >= 1, stats
+def test_direct_grpc_to_a_service_is_limited_too(stack: Stack, admin_headers: dict[str, str]) -> None:
+    """The tiers are counted by the services: a caller that reaches one without Envoy gains nothing."""
+    ent = Enterprise(stack, admin_headers, 1)
+    metadata = (("authorization", f"Bearer {ent.tokens[0]}"),)
+    codes = []
+    for name in stack.instance_names("user"):  # straight to each instance, alternating
+        with grpc.insecure_channel(stack.service_target(name)) as channel:
+            stub = usg.UserServiceStub(channel)
+            for _ in range(limit("principal", "read")):
+                try:
+                    stub.GetCurrentUser(usp.GetCurrentUserRequest(), metadata=metadata, timeout=10)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as err:
+                    codes.append(err.code())  # type: ignore[attr-defined]
+    per_user = limit("principal", "read")
+    assert codes[:per_user] == [grpc.StatusCode.OK] * per_user
+    assert set(codes[per_user:]) == {grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+
+
+def test_an_unreachable_redis_fails_open(stack: Stack, admin_headers: dict[str, str], tmp_path: Path) -> None:
+    """A user-service instance whose Redis is down admits every call and counts the failures."""
+    ent = Enterprise(stack, admin_headers, 1)
+    dead = tmp_path / "redis-url"
+    dead.write_text(f"redis://127.0.0.1:{free_port()}/0")
+    grpc_port, metrics_port = free_port(), free_port()
+    env = {**stack.service_env("user"), "SENTINEL_REDIS_URL_FILE": str(dead),
+           "SENTINEL_GRPC_PORT": str(grpc_port), "SENTINEL_METRICS_PORT": str(metrics_port)}
+    log = (tmp_path / "user-no-redis.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "sentinel", "serve", "user"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    target = f"{stack.host}:{grpc_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not stack._grpc_serving(target):
+            assert proc.poll() is None, (tmp_path / "user-no-redis.log").read_text()
+            assert time.monotonic() < deadline, "the instance without Redis never served"
+            time.sleep(0.3)
+        metadata = (("authorization", f"Bearer {ent.tokens[0]}"),)
+        with grpc.insecure_channel(target) as channel:
+            stub = usg.UserServiceStub(channel)
+            for _ in range(3 * limit("principal", "read")):  # beyond the limit: nothing refuses
+                stub.GetCurrentUser(usp.GetCurrentUserRequest(), metadata=metadata, timeout=10)
+        url = f"http://{stack.host}:{metrics_port}/metrics"
+        failed_open = sum(metric_at(url, "sentinel_ratelimit_errors_total", reason=r) for r in ("redis", "redis_backoff"))
+        assert failed_open >= 3 * limit("principal", "read"), failed_open
+        assert metric_at(url, "sentinel_ratelimit_errors_total", reason="redis") >= 1
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()

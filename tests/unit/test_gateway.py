@@ -233,12 +233,12 @@ def test_cli_render_from_a_json_config(tmp_path: Path, capsys: pytest.CaptureFix
               "descriptor_set_path": str(out_dir / "sentinel.pb"), "docs_dir": str(out_dir / "docs"),
               "listen_host": "0.0.0.0", "listen_port": 80, "admin_port": 9911, "tls_cert_file": "/run/c.pem",
               "tls_key_file": "/run/k.pem", "tls_port": 443, "cors_allowed_origins": ["https://a.example"],
-              "ratelimit_address": None, "access_log_path": "/var/log/envoy/access.log"}
+              "rate_limits": None, "access_log_path": "/var/log/envoy/access.log"}
     path = tmp_path / "gateway.json"
     path.write_text(json.dumps(config))
     cfg = gw.config_from_json(config)
     assert cfg.upstreams["user"] == ["10.0.0.2:50052", "10.0.0.3:50052"]
-    assert (cfg.tls_cert_file, cfg.cors_allowed_origins, cfg.ratelimit_address) == (
+    assert (cfg.tls_cert_file, cfg.cors_allowed_origins, cfg.rate_limits) == (
         Path("/run/c.pem"), ("https://a.example",), None)
     args = ["gateway", "render", "--config", str(path), "--format", "json", "-o", str(tmp_path / "envoy.json"),
             "--write-descriptor-set", "--write-docs", "--docs-template", str(REPO / "gateway" / "docs" / "index.html")]

@@ -34,7 +34,7 @@ def config_variants(tmp_path: Path) -> dict[str, GatewayConfig]:
     return {
         # dev_config() with its repo-relative files moved to tmp_path.
         "dev": GatewayConfig(upstreams=dev.upstreams, descriptor_set_path=pb, docs_dir=docs,
-                             ratelimit_address=dev.ratelimit_address),
+                             rate_limits=dev.rate_limits),
         "minimal": GatewayConfig(upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=pb),
         "cors": GatewayConfig(upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=pb,
                               cors_allowed_origins=("http://localhost:5173", "https://app.example.com")),
@@ -43,13 +43,13 @@ def config_variants(tmp_path: Path) -> dict[str, GatewayConfig]:
                                        descriptor_set_path=pb, listen_host="0.0.0.0", listen_port=8443),
         "https_jwks": GatewayConfig(upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=pb,
                                     jwks_uri="https://id.example.com/.well-known/jwks.json"),
-        "ratelimit": GatewayConfig(upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=pb,
-                                   ratelimit_address="ratelimit.internal:50055"),
+        "ratelimit": GatewayConfig(upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=pb, rate_limits={
+            "ip": {"auth": "10/second", "write": "unlimited"}, "ip_exempt": ["10.0.0.0/8", "fd00::/8"]}),
         # Everything on: TLS (+ redirect), rate limits, CORS with credentials, docs.
         "tls_everything": GatewayConfig(
             upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=pb, docs_dir=docs, tls_port=8443,
             tls_cert_file=tmp_path / "tls" / "edge.crt", tls_key_file=tmp_path / "tls" / "edge.key",
-            ratelimit_address=gw.DEV_RATELIMIT_ADDRESS, cors_allowed_origins=("https://app.example.com",),
+            rate_limits={"ip_exempt": ["192.0.2.0/24"]}, cors_allowed_origins=("https://app.example.com",),
             cors_allow_credentials=True),
     }
 
@@ -79,7 +79,7 @@ def test_variants_cover_the_optional_features(tmp_path: Path) -> None:
     assert any(c.docs_dir for c in variants.values())
     assert any(c.jwks_uri.startswith("https://") for c in variants.values())
     assert any(c.tls_enabled for c in variants.values())
-    assert any(c.ratelimit_address for c in variants.values())
+    assert any(c.rate_limits for c in variants.values())
     types = {c["type"] for v in variants.values() for c in gw.render(v)["static_resources"]["clusters"]}
     assert types == {"STATIC", "STRICT_DNS"}
 

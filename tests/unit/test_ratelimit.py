@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import uuid
+from typing import Any
 
 import pytest
 from sentinel.gateway import envoy as gw
@@ -78,15 +81,15 @@ def _counted(tier: str, requests: int, count: int, reset: float) -> Counted:
 
 
 def test_headers_describe_the_tightest_counter() -> None:
-    ok = Decision([_counted("ip", 100, 10, 30.2), _counted("principal", 10, 9, 12.5)])
+    ok = Decision([_counted("tenant", 100, 10, 30.2), _counted("principal", 10, 9, 12.5)])
     assert not ok.over_limit
     assert ok.headers() == {"ratelimit-limit": "10", "ratelimit-remaining": "1", "ratelimit-reset": "13",
                             "ratelimit-policy": "10;w=60"}
-    refused = Decision([_counted("ip", 100, 10, 30.2), _counted("tenant", 50, 51, 40.1), None])
+    refused = Decision([_counted("tenant", 50, 51, 40.1), _counted("principal", 100, 10, 30.2)])
     h = refused.headers()
     assert refused.over_limit and h["ratelimit-limit"] == "50" and h["ratelimit-remaining"] == "0"
     assert h["retry-after"] == "41" == h["ratelimit-reset"]
-    assert Decision([None, None]).headers() == {}
+    assert Decision().headers() == {}
 
 
 async def test_an_unreachable_redis_fails_open() -> None:
@@ -95,15 +98,11 @@ async def test_an_unreachable_redis_fails_open() -> None:
     async def plan_of(tenant: uuid.UUID) -> str:
         return "free"
 
-    async def resolve(key: str) -> None:
-        return None
-
-    limiter = Limiter(rules.load({"ip": {"read": "1/minute"}}), redis, plan_of=plan_of, resolve=resolve)
+    limiter = Limiter(rules.load({"principal": {"free": {"read": "1/minute"}}}), redis, plan_of=plan_of)
     before = {r: ERRORS.labels(r)._value.get() for r in ("redis", "redis_backoff")}
     try:
         for _ in range(3):
-            decision = await limiter.decide([{"tier": "ip", "remote_address": "192.0.2.7",
-                                              "path": "/sentinel.user.v1.UserService/GetUser"}])
+            decision = await limiter.decide(uuid.uuid4(), "u:someone", "read")
             assert decision.failed_open and not decision.over_limit and decision.headers() == {}
     finally:
         await redis.aclose()
@@ -112,47 +111,54 @@ async def test_an_unreachable_redis_fails_open() -> None:
     assert ERRORS.labels("redis_backoff")._value.get() == before["redis_backoff"] + 2
 
 
-def test_gateway_asks_the_limiter_after_jwt_authn() -> None:
+def _hcm_filters(cfg: gw.GatewayConfig, chain: int = 0) -> list[dict[str, Any]]:
+    hcm = gw.render(cfg)["static_resources"]["listeners"][0]["filter_chains"][chain]["filters"][0]["typed_config"]
+    return hcm["http_filters"]  # type: ignore[no-any-return]
+
+
+def test_the_edge_counts_addresses_after_transcoding_and_before_jwt_authn() -> None:
+    cfg = dataclasses.replace(gw.dev_config(), rate_limits={"ip": {"write": "unlimited"}})
+    names = [f["name"] for f in _hcm_filters(cfg)]
+    edge = [n for n in names if n.startswith("sentinel.edge_rate_limit.")]
+    # One filter per limited class (write is unlimited here: no filter).
+    assert edge == ["sentinel.edge_rate_limit.auth", "sentinel.edge_rate_limit.read"]
+    assert names.index("envoy.filters.http.grpc_json_transcoder") < names.index(edge[0])
+    assert names.index(edge[-1]) < names.index("envoy.filters.http.jwt_authn")
+    auth = next(f["typed_config"] for f in _hcm_filters(cfg) if f["name"] == edge[0])
+    limit = rules.load().ip["auth"]
+    assert limit is not None
+    assert auth["descriptors"] == [{"entries": [{"key": "class", "value": "auth"}, {"key": "remote_address"}],
+                                    "token_bucket": {"max_tokens": limit.requests, "tokens_per_fill": limit.requests,
+                                                     "fill_interval": f"{limit.seconds}s"}}]
+    assert auth["rate_limits"][0]["actions"][1] == {"remote_address": {}}  # the TCP peer, never a header
+    assert auth["max_dynamic_descriptors"] >= 10_000 and auth["rate_limited_as_resource_exhausted"] is True
+    # No edge limits at all: no filter, and nothing else changes.
+    plain = [f["name"] for f in _hcm_filters(dataclasses.replace(cfg, rate_limits=None))]
+    assert plain == [n for n in names if n not in edge]
+
+
+def _class_regex(cfg: gw.GatewayConfig, klass: str) -> tuple[re.Pattern[str], bool]:
+    f = next(f["typed_config"] for f in _hcm_filters(cfg) if f["name"] == f"sentinel.edge_rate_limit.{klass}")
+    match = f["rate_limits"][0]["actions"][0]["header_value_match"]
+    return re.compile(match["headers"][0]["string_match"]["safe_regex"]["regex"]), match["expect_match"]
+
+
+def test_each_edge_filter_counts_exactly_its_class() -> None:
     cfg = gw.dev_config()
-    hcm = gw.render(cfg)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    names = [f["name"] for f in hcm["http_filters"]]
-    assert names.index("envoy.filters.http.jwt_authn") < names.index("envoy.filters.http.ratelimit") \
-        < names.index("envoy.filters.http.router")
-    ratelimit = hcm["http_filters"][names.index("envoy.filters.http.ratelimit")]["typed_config"]
-    assert ratelimit["failure_mode_deny"] is False and ratelimit["disable_x_envoy_ratelimited_header"] is True
-    tiers = [d["actions"][0] for d in ratelimit["rate_limits"]]
-    assert {t.get("generic_key", t.get("header_value_match", {})).get("descriptor_value") for t in tiers} == {
-        "ip", "jwt", "api_key"}
-    # Every descriptor carries the (gRPC) path: the limiter derives the class from it.
-    assert all(d["actions"][-1] == {"request_headers": {"header_name": ":path", "descriptor_key": "path"}}
-               for d in ratelimit["rate_limits"])
-    clusters = {c["name"] for c in gw.render(cfg)["static_resources"]["clusters"]}
-    assert gw.RATELIMIT_CLUSTER in clusters
-    plain = gw.render(gw.GatewayConfig(upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=cfg.descriptor_set_path))
-    assert gw.RATELIMIT_CLUSTER not in {c["name"] for c in plain["static_resources"]["clusters"]}
+    matchers = {k: _class_regex(cfg, k) for k in rules.CLASSES}
+    paths = [rpc.full_method for rpc in contracts.rpcs()] + ["/sentinel.user.v1.UserService/NoSuchMethod", "/"]
+    for path in paths:
+        counted_by = [k for k, (regex, expect) in matchers.items() if bool(regex.match(path)) == expect]
+        assert counted_by == [rules.class_of(path)], path
 
 
-def test_wire_messages_match_envoys_rate_limit_api() -> None:
-    """Our messages and Envoy's own classes (xds-protos, dev only) read each other's bytes."""
-    from envoy.service.ratelimit.v3 import rls_pb2
-    from sentinel.ratelimit import wire
-
-    request = rls_pb2.RateLimitRequest(domain="sentinel", hits_addend=2)
-    d = request.descriptors.add()
-    d.entries.add(key="tier", value="jwt")
-    d.entries.add(key="tenant", value=str(uuid.uuid4()))
-    ours = wire.RateLimitRequest.FromString(request.SerializeToString())
-    assert (ours.domain, ours.hits_addend) == ("sentinel", 2)
-    assert [(e.key, e.value) for e in ours.descriptors[0].entries] == [(e.key, e.value) for e in d.entries]
-
-    reply = wire.RateLimitResponse(overall_code=wire.RateLimitResponse.OVER_LIMIT)
-    status = reply.statuses.add(code=wire.RateLimitResponse.OVER_LIMIT, limit_remaining=0)
-    status.current_limit.requests_per_unit, status.current_limit.unit = 5, wire.RateLimitResponse.RateLimit.DAY
-    status.duration_until_reset.FromSeconds(30)
-    reply.response_headers_to_add.add(key="retry-after", value="30")
-    envoys = rls_pb2.RateLimitResponse.FromString(reply.SerializeToString())
-    assert envoys.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
-    assert envoys.statuses[0].current_limit.unit == rls_pb2.RateLimitResponse.RateLimit.DAY
-    assert envoys.statuses[0].current_limit.requests_per_unit == 5
-    assert envoys.statuses[0].duration_until_reset.seconds == 30
-    assert [(h.key, h.value) for h in envoys.response_headers_to_add] == [("retry-after", "30")]
+def test_exempt_networks_get_a_chain_without_address_limits() -> None:
+    cfg = dataclasses.replace(gw.dev_config(), rate_limits={"ip_exempt": ["10.0.0.0/8", "fd00::/8"]})
+    chains = gw.render(cfg)["static_resources"]["listeners"][0]["filter_chains"]
+    assert "filter_chain_match" not in chains[0]
+    assert chains[1]["filter_chain_match"] == {"source_prefix_ranges": [
+        {"address_prefix": "10.0.0.0", "prefix_len": 8}, {"address_prefix": "fd00::", "prefix_len": 8}]}
+    assert not any(f["name"].startswith("sentinel.edge_rate_limit.") for f in _hcm_filters(cfg, chain=1))
+    assert [f["name"] for f in _hcm_filters(cfg, chain=1)] == [
+        f["name"] for f in _hcm_filters(cfg) if not f["name"].startswith("sentinel.edge_rate_limit.")]
+    assert len(gw.render(gw.dev_config())["static_resources"]["listeners"][0]["filter_chains"]) == 1

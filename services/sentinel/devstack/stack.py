@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import json
 import os
 import pwd
 import secrets
@@ -24,7 +25,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -67,7 +68,7 @@ def instance_name(service: str, n: int) -> str:
 
 
 def service_of(name: str) -> str:
-    """``user-2`` -> ``user``; any other name (``user``, ``ratelimit``, ``worker``) is returned as is."""
+    """``user-2`` -> ``user``; any other name (``user``, ``worker``) is returned as is."""
     base, sep, n = name.rpartition("-")
     return base if sep and n.isdigit() and base in SERVICES else name
 
@@ -413,6 +414,15 @@ class Stack:
             return False
 
     # ----- Sentinel
+    @property
+    def rate_limits(self) -> dict[str, Any]:
+        """``SENTINEL_RATE_LIMITS`` of this stack: the services and Envoy's address tier read the same."""
+        raw = self.extra_env.get("SENTINEL_RATE_LIMITS") or os.environ.get("SENTINEL_RATE_LIMITS") or "{}"
+        value = json.loads(raw)
+        if not isinstance(value, dict):
+            raise StackError("SENTINEL_RATE_LIMITS must be a JSON object")
+        return value
+
     def service_env(self, name: str | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
         env.update({
@@ -472,14 +482,6 @@ class Stack:
         for n, proc in procs.items():
             self._wait(functools.partial(self._grpc_serving, self.service_target(n)), proc, timeout, f"{n} service")
         self.start_worker(timeout)
-        self.start_ratelimit(timeout)
-
-    def start_ratelimit(self, timeout: float = 60.0) -> None:
-        """The edge rate-limit service Envoy asks before routing (ready once its health says SERVING)."""
-        proc = self._spawn("ratelimit", [sys.executable, "-m", "sentinel", "ratelimit"],
-                           env=self.service_env("ratelimit"))
-        self._wait(functools.partial(self._grpc_serving, self.service_target("ratelimit")), proc, timeout,
-                   "rate-limit service")
 
     @property
     def prometheus_url(self) -> str:
@@ -574,7 +576,7 @@ class Stack:
                             listen_port=self.ports.envoy, admin_host=self.host,
                             admin_port=self.ports.envoy_admin,
                             access_log_path=str(self.logs_dir / "envoy-access.log"), docs_dir=docs_dir,
-                            ratelimit_address=self.service_target("ratelimit"))
+                            rate_limits=self.rate_limits)
         conf = gw / "envoy.yaml"
         conf.write_text(render_yaml(cfg))
         proc = self._spawn("envoy", [str(self.bins.envoy), *envoy_args(conf, log_level="warn")])

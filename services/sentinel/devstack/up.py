@@ -45,7 +45,6 @@ def endpoints(stack: Stack) -> str:
     lines += [f"  {n + ' service':<20} {stack.service_target(n)}   metrics {stack.metrics_url(n)}"
               for n in stack.instance_names()]
     lines += [f"  {'job worker':<20} huey on Redis          metrics {stack.worker_metrics_url}"]
-    lines += [f"  {'rate limits':<20} {stack.service_target('ratelimit')}   metrics {stack.metrics_url('ratelimit')}"]
     if any(p.name == "prometheus" for p in stack.procs):
         lines += [f"  {'Prometheus':<20} {stack.prometheus_url}   (every process scraped, alerts/ rules loaded)"]
     lines += [

@@ -14,6 +14,7 @@ and the NixOS module can run the same generator at build time.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,6 +27,7 @@ from sentinel.gateway import strict_json
 from sentinel.platform import contracts
 from sentinel.platform.apikeys import PREFIX as API_KEY_PREFIX
 from sentinel.policy.v1 import policy_pb2
+from sentinel.ratelimit import rules as ratelimit_rules
 
 #: Backends, in a stable order (cluster order in the rendered file).
 BACKENDS: tuple[str, ...] = ("tenant", "user", "audit", "scheduler")
@@ -48,10 +50,11 @@ DEV_UPSTREAMS: Mapping[str, str] = {
 
 JWT_PROVIDER = "sentinel"
 JWKS_CLUSTER = "jwks"
-RATELIMIT_CLUSTER = "ratelimit"
-DEV_RATELIMIT_ADDRESS = "127.0.0.1:50055"
-#: Envoy waits this long for a decision, then lets the request through (fail open).
-RATELIMIT_TIMEOUT = "0.1s"
+#: Client addresses each Envoy keeps a rate-limit bucket for (least recently seen dropped first).
+EDGE_TRACKED_ADDRESSES = 100_000
+#: Added by the address-tier filters to the responses they refuse, renamed by the Lua filter.
+EDGE_POLICY_HEADER = "x-sentinel-edge-policy"
+MAX_REGEX_PROGRAM_SIZE = 10_000
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 #: The API description at the edge (public, GET/HEAD only), served by Envoy itself from the files
@@ -118,15 +121,43 @@ GRPC_ONLY_RESPONSE_HEADERS = ("grpc-status", "grpc-message", "grpc-status-detail
 
 #: Appended to the strict-JSON Lua filter. It sits before the transcoder, so on the way back it
 #: sees the transcoded response: anything that is not gRPC is REST (or an Envoy local reply).
+#:
+#: Rate-limit headers: the address tier (Envoy's local buckets) says ``x-ratelimit-*``, the
+#: services' tenant and principal tiers ``ratelimit-*``. Clients get one set, ``RateLimit-*``
+#: of the tightest counter: the edge's when it refused the call (it adds EDGE_POLICY_HEADER
+#: then) or has fewer requests left, else the service's. An edge refusal also gets Retry-After.
 REST_RESPONSE_LUA = """
 local GRPC_ONLY = {__GRPC_ONLY__}
+local function edge_rate_limit(headers)
+  local limit = headers:get("x-ratelimit-limit")
+  local remaining = headers:get("x-ratelimit-remaining")
+  local reset = headers:get("x-ratelimit-reset")
+  local policy = headers:get("__EDGE_POLICY__")
+  for _, name in ipairs({"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "__EDGE_POLICY__"}) do
+    headers:remove(name)
+  end
+  if limit == nil or remaining == nil then return end
+  local theirs = tonumber(headers:get("ratelimit-remaining") or "")
+  if policy == nil and theirs ~= nil and theirs <= tonumber(remaining) then return end
+  headers:replace("ratelimit-limit", limit)
+  headers:replace("ratelimit-remaining", remaining)
+  if reset ~= nil then headers:replace("ratelimit-reset", reset) end
+  if policy ~= nil then
+    headers:replace("ratelimit-policy", policy)
+    headers:replace("retry-after", reset or "1")
+  else
+    headers:remove("ratelimit-policy")  -- it described the service's counter
+  end
+end
 function envoy_on_response(handle)
   local headers = handle:headers()
+  edge_rate_limit(headers)
   local ctype = headers:get("content-type")
   if ctype and string.find(string.lower(ctype), "^%s*application/grpc") then return end
   for _, name in ipairs(GRPC_ONLY) do headers:remove(name) end
 end
-""".replace("__GRPC_ONLY__", ", ".join(f'"{h}"' for h in GRPC_ONLY_RESPONSE_HEADERS))
+""".replace("__GRPC_ONLY__", ", ".join(f'"{h}"' for h in GRPC_ONLY_RESPONSE_HEADERS)).replace(
+    "__EDGE_POLICY__", EDGE_POLICY_HEADER)
 
 _ANY = "type.googleapis.com/"
 
@@ -161,8 +192,10 @@ class GatewayConfig:
     tls_cert_file: Path | None = None  # PEM chain
     tls_key_file: Path | None = None
     tls_port: int = 8443
-    # The rate-limit service (sentinel.ratelimit, "host:port"). None: no rate limiting at the edge.
-    ratelimit_address: str | None = None
+    # Rate limits (SENTINEL_RATE_LIMITS overrides, merged over sentinel.ratelimit.rules'
+    # defaults): Envoy enforces their address tier; the services count the others. None: no
+    # address limits at the edge.
+    rate_limits: Mapping[str, Any] | None = None
     # Directory holding openapi.json and index.html (sentinel.gateway.openapi.write_docs): served
     # at /openapi.json and /docs. None: neither path exists (the transcoder answers 404).
     docs_dir: Path | None = None
@@ -178,13 +211,13 @@ class GatewayConfig:
 def dev_config() -> GatewayConfig:
     """The configuration ``gateway/envoy.dev.yaml`` is rendered from (dev ports, §2)."""
     return GatewayConfig(upstreams=dict(DEV_UPSTREAMS), descriptor_set_path=DEV_DESCRIPTOR_SET_PATH,
-                         docs_dir=DEV_DESCRIPTOR_SET_PATH.parent, ratelimit_address=DEV_RATELIMIT_ADDRESS)
+                         docs_dir=DEV_DESCRIPTOR_SET_PATH.parent, rate_limits={})
 
 
 #: GatewayConfig fields as JSON (``sentinel gateway render --config``, which the NixOS module runs at
 #: build time): the JSON type each takes. Paths are strings; ``null`` where the field allows None.
 _JSON_PATHS = ("descriptor_set_path", "tls_cert_file", "tls_key_file", "docs_dir")
-_JSON_OPTIONAL = ("tls_cert_file", "tls_key_file", "docs_dir", "ratelimit_address")
+_JSON_OPTIONAL = ("tls_cert_file", "tls_key_file", "docs_dir", "rate_limits")
 _JSON_STRING_LISTS = ("cors_allowed_origins", "cors_allow_methods", "cors_allow_headers")
 _JSON_REQUIRED = ("upstreams", "descriptor_set_path")
 
@@ -216,13 +249,18 @@ def config_from_json(data: object) -> GatewayConfig:
                     for v in value.values()):
                 raise ValueError("gateway config: upstreams must map each backend to \"host:port\" or a list of them")
             values[key] = {name: v if isinstance(v, str) else list(v) for name, v in value.items()}
+        elif key == "rate_limits":
+            if not isinstance(value, dict):
+                raise ValueError("gateway config: rate_limits must be a JSON object (SENTINEL_RATE_LIMITS) or null")
+            ratelimit_rules.load(value)  # a bad key is named now, not when Envoy is started
+            values[key] = value
         elif key in _JSON_STRING_LISTS:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"gateway config: {key} must be a list of strings")
             values[key] = tuple(value)
         else:
             default = known[key].default
-            expected: type = str if key in _JSON_PATHS or key == "ratelimit_address" else type(default)
+            expected: type = str if key in _JSON_PATHS else type(default)
             # bool is an int subclass: 1 is not true and true is not 1 here.
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 raise ValueError(f"gateway config: {key} must be a JSON {expected.__name__}, not {value!r}")
@@ -721,56 +759,63 @@ def _transcoder_filter(cfg: GatewayConfig) -> dict[str, Any]:
     }
 
 
-def _jwt_claim(claim: str, descriptor_key: str) -> dict[str, Any]:
-    return {"metadata": {"descriptor_key": descriptor_key, "source": "DYNAMIC", "metadata_key": {
-        "key": "envoy.filters.http.jwt_authn", "path": [{"key": "jwt_payload"}, {"key": claim}]}}}
+def _path_regex(methods: Iterable[str]) -> str:
+    """RE2 matching exactly these gRPC paths (the transcoder has rewritten REST paths to them)."""
+    return "^(" + "|".join(re.escape(m) for m in sorted(methods)) + ")$"
 
 
-def rate_limit_actions() -> list[dict[str, Any]]:
-    """The descriptors Envoy sends the rate-limit service for every routed request.
+def address_limit_filters(rules: ratelimit_rules.Rules) -> list[dict[str, Any]]:
+    """The address tier: one local token bucket per client address and class, in this Envoy.
 
-    A descriptor whose action finds nothing (no token, no API-key header) is not sent. Every
-    descriptor carries the gRPC path (REST is transcoded by then); the service derives the
-    class (auth, write, read) from the contracts. The address is Envoy's view of the peer
-    (``use_remote_address``), never a client header. API keys are forwarded so the service can
-    verify them before charging a tenant: a forged key is counted against its address only.
+    Why local: this tier shields the edge from floods by address, so it must cost nothing per
+    request and work before any credential is checked; every Envoy keeps its own buckets (N
+    Envoys admit up to N times an address's limit). The tenant and principal tiers, which must
+    hold across instances, are counted by the services in Redis.
+
+    One filter per class (auth, write, read; from the contracts): each refuses only calls of its
+    class, has its own stats (``edge_ip_<class>.http_local_rate_limit.rate_limited``), and adds the
+    policy header to what it refuses. The address is the TCP peer Envoy saw, never a header.
     """
-    path = {"request_headers": {"header_name": ":path", "descriptor_key": "path"}}
+    classes = ratelimit_rules.classification()
+    by_class = {k: [m for m, c in classes.items() if c == k] for k in ratelimit_rules.CLASSES}
+    filters = []
+    for klass in ratelimit_rules.CLASSES:
+        limit = rules.ip[klass]
+        if limit is None:
+            continue
+        # Reads: everything that is not auth or write (unknown paths included).
+        paths = by_class["auth"] + by_class["write"] if klass == "read" else by_class[klass]
+        match = {"expect_match": klass != "read",
+                 "headers": [{"name": ":path", "string_match": {"safe_regex": {"regex": _path_regex(paths)}}}]}
+        bucket = {"max_tokens": limit.requests, "tokens_per_fill": limit.requests, "fill_interval": f"{limit.seconds}s"}
+        filters.append({"name": f"sentinel.edge_rate_limit.{klass}", "typed_config": _any(
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            stat_prefix=f"edge_ip_{klass}",
+            filter_enabled={"default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                            "runtime_key": f"sentinel.edge_rate_limit.{klass}.enabled"},
+            filter_enforced={"default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                             "runtime_key": f"sentinel.edge_rate_limit.{klass}.enforced"},
+            rate_limits=[{"actions": [
+                {"header_value_match": {"descriptor_key": "class", "descriptor_value": klass, **match}},
+                {"remote_address": {}},
+            ]}],
+            # An empty value: one bucket per distinct address (a "dynamic descriptor").
+            descriptors=[{"entries": [{"key": "class", "value": klass}, {"key": "remote_address"}],
+                          "token_bucket": bucket}],
+            max_dynamic_descriptors=EDGE_TRACKED_ADDRESSES,
+            # Shared by the worker threads of this Envoy, not per connection.
+            local_rate_limit_per_downstream_connection=False,
+            enable_x_ratelimit_headers="DRAFT_VERSION_03",
+            # 429 for REST; RESOURCE_EXHAUSTED (not UNAVAILABLE) for native gRPC clients.
+            rate_limited_as_resource_exhausted=True,
+            response_headers_to_add=[{"header": {"key": EDGE_POLICY_HEADER,
+                                                 "value": f"{limit.requests};w={limit.seconds}"},
+                                      "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+        )})
+    return filters
 
-    def tier(name: str) -> dict[str, Any]:
-        return {"generic_key": {"descriptor_key": "tier", "descriptor_value": name}}
 
-    bearer_key = {"header_value_match": {"descriptor_key": "tier", "descriptor_value": "api_key", "expect_match": True,
-                                         "headers": [{"name": "authorization", "string_match": {
-                                             "prefix": "Bearer " + API_KEY_PREFIX, "ignore_case": True}}]}}
-    return [
-        {"actions": [tier("ip"), {"remote_address": {}}, path]},
-        {"actions": [tier("jwt"), _jwt_claim("tid", "tenant"), _jwt_claim("sub", "subject"), path]},
-        {"actions": [tier("api_key"), {"request_headers": {"header_name": "x-api-key", "descriptor_key": "credential"}},
-                     path]},
-        {"actions": [bearer_key, {"request_headers": {"header_name": "authorization", "descriptor_key": "credential"}},
-                     path]},
-    ]
-
-
-def _ratelimit_filter() -> dict[str, Any]:
-    return {"name": "envoy.filters.http.ratelimit", "typed_config": _any(
-        "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
-        domain="sentinel",
-        timeout=RATELIMIT_TIMEOUT,
-        # Fail open: an unreachable limiter must not take the API down (the user service's own
-        # login throttle still guards credentials); Envoy counts these as ratelimit.error.
-        failure_mode_deny=False,
-        # 429 for REST; RESOURCE_EXHAUSTED (not UNAVAILABLE) for native gRPC clients.
-        rate_limited_as_resource_exhausted=True,
-        disable_x_envoy_ratelimited_header=True,  # no internal headers to clients
-        rate_limit_service={"grpc_service": {"envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}},
-                            "transport_api_version": "V3"},
-        rate_limits=rate_limit_actions(),
-    )}
-
-
-def _http_filters(cfg: GatewayConfig) -> list[dict[str, Any]]:
+def _http_filters(cfg: GatewayConfig, *, address_limits: bool = True) -> list[dict[str, Any]]:
     filters: list[dict[str, Any]] = []
     if cfg.cors_allowed_origins:
         # First, so preflight OPTIONS requests are answered before transcoding or auth.
@@ -783,10 +828,11 @@ def _http_filters(cfg: GatewayConfig) -> list[dict[str, Any]]:
     # Transcoder before jwt_authn: it rewrites REST to the gRPC path, so the JWT rules and
     # the routes see one path per RPC whatever the protocol.
     filters.append(_transcoder_filter(cfg))
+    # After the transcoder (the class comes from the gRPC path), before jwt_authn: a flood is
+    # refused before any signature is checked.
+    if address_limits and cfg.rate_limits is not None:
+        filters += address_limit_filters(ratelimit_rules.load(cfg.rate_limits))
     filters.append(_jwt_filter(cfg))
-    # After jwt_authn: the tenant and subject descriptors come from the verified token.
-    if cfg.ratelimit_address is not None:
-        filters.append(_ratelimit_filter())
     # Caps native gRPC bodies too (the transcoder only sees REST); over the limit → 413.
     filters.append({"name": "envoy.filters.http.buffer",
                     "typed_config": _any("envoy.extensions.filters.http.buffer.v3.Buffer",
@@ -896,7 +942,7 @@ def _access_log(path: str) -> list[dict[str, Any]]:
     }]
 
 
-def _http_connection_manager(cfg: GatewayConfig) -> dict[str, Any]:
+def _http_connection_manager(cfg: GatewayConfig, *, address_limits: bool = True) -> dict[str, Any]:
     return _any(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         stat_prefix="ingress",
@@ -935,7 +981,7 @@ def _http_connection_manager(cfg: GatewayConfig) -> dict[str, Any]:
         access_log=_access_log(cfg.access_log_path),
         local_reply_config=_local_reply_config(cfg.tls_enabled),
         route_config=_route_config(cfg),
-        http_filters=_http_filters(cfg),
+        http_filters=_http_filters(cfg, address_limits=address_limits),
     )
 
 
@@ -975,23 +1021,38 @@ def _redirect_connection_manager(cfg: GatewayConfig) -> dict[str, Any]:
     )
 
 
-def _listener(name: str, host: str, port: int, hcm: dict[str, Any],
-              transport_socket: dict[str, Any] | None = None) -> dict[str, Any]:
+def _chain(hcm: dict[str, Any], transport_socket: dict[str, Any] | None = None) -> dict[str, Any]:
     chain: dict[str, Any] = {"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                           "typed_config": hcm}]}
     if transport_socket is not None:
         chain["transport_socket"] = transport_socket
+    return chain
+
+
+def _listener(name: str, host: str, port: int, chains: list[dict[str, Any]]) -> dict[str, Any]:
     return {"name": name, "address": _socket_address(host, port),
-            "per_connection_buffer_limit_bytes": 1 << 20, "filter_chains": [chain]}
+            "per_connection_buffer_limit_bytes": 1 << 20, "filter_chains": chains}
+
+
+def _api_chains(cfg: GatewayConfig, transport_socket: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The API's filter chain; then, for ``ip_exempt`` networks, the same without address limits
+    (Envoy picks the most specific chain by the connection's source address, the TCP peer)."""
+    chains = [_chain(_http_connection_manager(cfg), transport_socket)]
+    exempt = () if cfg.rate_limits is None else ratelimit_rules.load(cfg.rate_limits).ip_exempt
+    if exempt:
+        chains.append({"filter_chain_match": {"source_prefix_ranges": [
+            {"address_prefix": str(net.network_address), "prefix_len": net.prefixlen} for net in exempt]},
+            **_chain(_http_connection_manager(cfg, address_limits=False), transport_socket)})
+    return chains
 
 
 def _listeners(cfg: GatewayConfig) -> list[dict[str, Any]]:
     """The API listener first (plain, or HTTPS on ``tls_port``), then the redirecting plain port."""
     if not cfg.tls_enabled:
-        return [_listener("ingress", cfg.listen_host, cfg.listen_port, _http_connection_manager(cfg))]
+        return [_listener("ingress", cfg.listen_host, cfg.listen_port, _api_chains(cfg, None))]
     return [
-        _listener("ingress", cfg.listen_host, cfg.tls_port, _http_connection_manager(cfg), _downstream_tls(cfg)),
-        _listener("ingress_http", cfg.listen_host, cfg.listen_port, _redirect_connection_manager(cfg)),
+        _listener("ingress", cfg.listen_host, cfg.tls_port, _api_chains(cfg, _downstream_tls(cfg))),
+        _listener("ingress_http", cfg.listen_host, cfg.listen_port, [_chain(_redirect_connection_manager(cfg))]),
     ]
 
 
@@ -1007,8 +1068,6 @@ def render(cfg: GatewayConfig) -> dict[str, Any]:
     # Fetching the JWKS from this Envoy's own HTTPS listener: trust exactly its certificate.
     self_fetch = cfg.tls_enabled and not cfg.jwks_uri
     clusters.append(_jwks_cluster(jwks_uri(cfg), cfg.tls_cert_file if self_fetch else None))
-    if cfg.ratelimit_address is not None:  # a gRPC backend like the others (health-checked, HTTP/2)
-        clusters.append(_backend_cluster(RATELIMIT_CLUSTER, cfg.ratelimit_address))
     bootstrap: dict[str, Any] = {
         "node": {"id": "sentinel-gateway", "cluster": "sentinel"},
         "admin": {"address": _socket_address(cfg.admin_host, cfg.admin_port)},
@@ -1016,6 +1075,13 @@ def render(cfg: GatewayConfig) -> dict[str, Any]:
             "listeners": _listeners(cfg),
             "clusters": clusters,
         },
+        # The address tier's class matchers list every auth or write RPC: one regex each, larger
+        # than RE2's default program-size cap (100). Linear-time matching whatever the size.
+        "layered_runtime": {"layers": [
+            {"name": "static", "static_layer": {"re2.max_program_size.error_level": MAX_REGEX_PROGRAM_SIZE,
+                                                "re2.max_program_size.warn_level": MAX_REGEX_PROGRAM_SIZE}},
+            {"name": "admin", "admin_layer": {}},
+        ]},
         # Edge best practice: bound downstream connections (Envoy warns when unset).
         "overload_manager": {"resource_monitors": [{
             "name": "envoy.resource_monitors.global_downstream_max_connections",

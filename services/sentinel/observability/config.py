@@ -4,7 +4,7 @@
 stale (a unit test does the same). The NixOS module consumes the files:
 
 * ``prometheus.yml``: scrape jobs for every process (``sentinel-tenant``, ``sentinel-user``,
-  ``sentinel-audit``, ``sentinel-scheduler``, ``sentinel-worker``, ``sentinel-ratelimit``,
+  ``sentinel-audit``, ``sentinel-scheduler``, ``sentinel-worker``,
   ``envoy`` at ``/stats/prometheus``, ``node``), the 15 s scrape interval the SLO rules assume
   (alerts/slo.yaml) and ``rule_files`` pointing at alerts/generated. ``prometheus.json`` is the
   same document as JSON, for ``lib.importJSON`` (Nix reads no YAML). Retention is not part of the

@@ -24,8 +24,6 @@ DEFAULT_PORTS: dict[str, tuple[int, int]] = {
     "user": (50052, 9102),
     "audit": (50053, 9103),
     "scheduler": (50054, 9104),
-    # Envoy's global rate-limit service (envoy.service.ratelimit.v3), not a Sentinel contract.
-    "ratelimit": (50055, 9106),
 }
 
 
@@ -110,10 +108,13 @@ class Settings(BaseSettings):
     plan_max_api_keys: dict[str, int] = Field(default_factory=lambda: {"free": 5, "standard": 100,
                                                                        "enterprise": 10_000})
 
-    # --- edge rate limits (the rate-limit service): overrides merged over
-    # sentinel.ratelimit.rules.DEFAULT_RATE_LIMITS (JSON, e.g. {"tenant": {"free": {"write": "300/minute"}}})
+    # --- rate limits: overrides merged over sentinel.ratelimit.rules.DEFAULT_RATE_LIMITS (JSON, e.g.
+    # {"tenant": {"free": {"write": "300/minute"}}}). The services count the tenant and principal
+    # tiers (in Redis); the gateway generator turns the address tier into Envoy's local buckets.
     rate_limits: dict[str, Any] = Field(default_factory=dict)
-    # How long a tenant's plan and a resolved API key are reused before they are read again.
+    # False: the services count nothing (the gateway's own switch governs the address tier).
+    rate_limits_enabled: bool = True
+    # How long a tenant's plan is reused before it is read again.
     rate_limit_cache_seconds: float = Field(default=30.0, ge=0)
 
     # --- invitations: how long an invitation token stays valid (and again after each resend)

@@ -103,9 +103,12 @@ class ResourceExhausted(SentinelError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, message: str, *, retry_after_seconds: float | None = None, **kw: object) -> None:
+    def __init__(self, message: str, *, retry_after_seconds: float | None = None,
+                 headers: Mapping[str, str] | None = None, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.retry_after = None if retry_after_seconds is None else max(1, math.ceil(retry_after_seconds))
+        #: More response headers (e.g. the rate limiter's ``RateLimit-*``).
+        self.headers = {k: v for k, v in (headers or {}).items() if k != "retry-after"}
 
     def details(self) -> list[any_pb2.Any]:
         if self.retry_after is None:
@@ -115,7 +118,8 @@ class ResourceExhausted(SentinelError):
         return [packed]
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
-        return () if self.retry_after is None else (("retry-after", str(self.retry_after)),)
+        retry = () if self.retry_after is None else (("retry-after", str(self.retry_after)),)
+        return (*retry, *self.headers.items())
 
 
 class Unavailable(SentinelError):

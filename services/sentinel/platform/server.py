@@ -29,6 +29,8 @@ from sentinel.platform.health import HealthApi, SelfStatus, database_check, peer
 from sentinel.platform.interceptors import default_chain
 from sentinel.platform.pagination import PageTokens
 from sentinel.platform.service_identity import ServiceTokens, ServiceVerifier
+from sentinel.ratelimit import rules as ratelimit_rules
+from sentinel.ratelimit.limiter import Limiter, redis_client
 
 log = logging.getLogger("sentinel.server")
 
@@ -52,6 +54,8 @@ class Runtime:
     service_verifier: ServiceVerifier | None = None
     #: This service's own identity for internal calls (e.g. draining the audit outbox).
     service_tokens: ServiceTokens | None = None
+    #: Counts the tenant and principal rate limits; None: not limited here (no Redis, or off).
+    limiter: Limiter | None = None
 
 
 @dataclass
@@ -99,13 +103,25 @@ def make_runtime(settings: Settings) -> Runtime:
     if settings.service_key_file is not None:
         tokens = ServiceTokens.from_file(settings.service_key_file, issuer=settings.jwt_issuer)
     return Runtime(settings=settings, verifier=verifier, page_tokens=PageTokens(secret.encode()),
-                   service_verifier=service_verifier, service_tokens=tokens)
+                   service_verifier=service_verifier, service_tokens=tokens, limiter=rate_limiter(settings))
+
+
+def rate_limiter(settings: Settings) -> Limiter | None:
+    """The tenant and principal limits (a bad ``SENTINEL_RATE_LIMITS`` stops the start, naming the key)."""
+    if not settings.rate_limits_enabled:
+        return None
+    limits = ratelimit_rules.load(settings.rate_limits)
+    url = settings.redis_url.get_secret_value()
+    if not url:
+        log.warning("no SENTINEL_REDIS_URL: tenant and principal rate limits are off")
+        return None
+    return Limiter(limits, redis_client(url), cache_seconds=settings.rate_limit_cache_seconds)
 
 
 async def build_server(spec: ServiceSpec, runtime: Runtime) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     settings = runtime.settings
     check_contracts(spec)
-    chain = default_chain(spec.name, runtime.verifier, runtime.service_verifier)
+    chain = default_chain(spec.name, runtime.verifier, runtime.service_verifier, runtime.limiter)
     server = grpc.aio.server(interceptors=[*tracing.server_interceptors(), chain], options=SERVER_OPTIONS)
     spec.register(server, runtime)
 
@@ -182,6 +198,8 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await clients.close_all()
+    if runtime.limiter is not None:
+        await runtime.limiter.redis.aclose()
     await revocation.feed.stop()
     await kv.close()
     await db.dispose()

@@ -1,9 +1,12 @@
-"""Counting in Redis and deciding: the core of the rate-limit service, free of gRPC.
+"""The tenant and principal tiers: counting in Redis and deciding, free of gRPC.
+
+Every service counts the calls of its verified principals here (the rate-limit interceptor,
+``sentinel.platform.interceptors.ratelimit``); the address tier is Envoy's, at the edge.
 
 Fixed windows (as Envoy's reference ``envoyproxy/ratelimit`` does): one Redis counter per
 (tier, subject, class, window), incremented for every admitted request of that window and
-expiring with it. All counters of a request go to Redis in one round trip (a Lua script), so the
-decision is atomic per counter and holds across any number of Envoy and service instances:
+expiring with it. Both counters of a call go to Redis in one round trip (a Lua script), so the
+decision is atomic per counter and holds across any number of service and Envoy instances:
 they all count in the same Redis.
 """
 
@@ -14,7 +17,7 @@ import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
@@ -22,16 +25,19 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from sqlalchemy import text
 
-from sentinel.platform.auth import PLATFORM_TENANT_ID
-from sentinel.ratelimit.rules import FALLBACK_PLAN, Limit, Rules, class_of
+from sentinel.platform import db
+from sentinel.ratelimit.rules import FALLBACK_PLAN, Limit, Rules
 
 log = logging.getLogger("sentinel.ratelimit")
 
-CHECKS = Counter("sentinel_ratelimit_checks", "Requests counted against a limit, by tier, class and outcome.",
+CHECKS = Counter("sentinel_ratelimit_checks", "Calls counted against a tenant or principal limit, by tier, class "
+                 "and outcome.",
                  ["tier", "class", "outcome"])
 REJECTIONS = Counter("sentinel_ratelimit_rejections",
-                     "Requests refused (HTTP 429), by the tier and class that refused.", ["tier", "class"])
+                     "Calls refused (HTTP 429, RESOURCE_EXHAUSTED), by the tier and class that refused.",
+                     ["tier", "class"])
 ERRORS = Counter("sentinel_ratelimit_errors", "Decisions that failed open (Redis unreachable or slow).", ["reason"])
 DECISION_SECONDS = Histogram("sentinel_ratelimit_decision_seconds", "Time to decide one request.",
                              buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1))
@@ -64,19 +70,26 @@ REDIS_BACKOFF_SECONDS = 1.0
 
 
 def redis_client(url: str) -> Redis:
-    """Short timeouts and no retries: Envoy gives a decision 100 ms, then lets the request pass."""
+    """Short timeouts and no retries: a slow Redis must not hold calls; the limiter fails open."""
     return Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25, retry=Retry(NoBackoff(), 0),
                           health_check_interval=30)
 
 
-#: A credential the edge forwarded, resolved to (tenant id, principal id); None: not valid.
-Resolve = Callable[[str], Awaitable[tuple[uuid.UUID, str] | None]]
 PlanOf = Callable[[uuid.UUID], Awaitable[str | None]]
+
+_PLAN = text("SELECT plan FROM tenants WHERE id = :id")
+
+
+async def plan_of(tenant_id: uuid.UUID) -> str | None:
+    # Bound to the tenant itself (its own row is all RLS shows): no platform scope needed.
+    async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
+        plan = (await session.execute(_PLAN, {"id": tenant_id})).scalar_one_or_none()
+    return None if plan is None else str(plan)
 
 
 @dataclass(frozen=True)
 class Counted:
-    """One counter a request touches, and what it showed after this request."""
+    """One counter a call touches, and what it showed after this call."""
 
     tier: str
     klass: str
@@ -95,13 +108,8 @@ class Counted:
 
 @dataclass
 class Decision:
-    #: One entry per descriptor Envoy sent: the most constraining counter of it (None: none applied).
-    per_descriptor: list[Counted | None] = field(default_factory=list)
+    counted: list[Counted] = field(default_factory=list)
     failed_open: bool = False
-
-    @property
-    def counted(self) -> list[Counted]:
-        return [c for c in self.per_descriptor if c is not None]
 
     @property
     def over_limit(self) -> bool:
@@ -110,10 +118,9 @@ class Decision:
     def headers(self) -> dict[str, str]:
         """``RateLimit-*`` (draft-ietf-httpapi-ratelimit-headers, the widely deployed form) for the
         most constraining counter, plus ``Retry-After`` when refused."""
-        counted = self.counted
-        if not counted:
+        if not self.counted:
             return {}
-        tightest = min(counted, key=lambda c: (not c.over, c.remaining, -c.reset_seconds))
+        tightest = min(self.counted, key=lambda c: (not c.over, c.remaining, -c.reset_seconds))
         out = {
             "ratelimit-limit": str(tightest.limit.requests),
             "ratelimit-remaining": str(tightest.remaining),
@@ -121,13 +128,13 @@ class Decision:
             "ratelimit-policy": f"{tightest.limit.requests};w={tightest.limit.seconds}",
         }
         if self.over_limit:
-            wait = max(c.reset_seconds for c in counted if c.over)
+            wait = max(c.reset_seconds for c in self.counted if c.over)
             out["retry-after"] = str(max(1, math.ceil(wait)))
         return out
 
 
 class TtlCache:
-    """A small LRU with expiry (plans and API keys change rarely; the database is not asked per call)."""
+    """A small LRU with expiry (plans change rarely; the database is not asked per call)."""
 
     def __init__(self, seconds: float, size: int = 10_000) -> None:
         self.seconds, self.size = seconds, size
@@ -147,30 +154,14 @@ class TtlCache:
             self._data.popitem(last=False)
 
 
-@dataclass
-class _Check:
-    tier: str
-    klass: str
-    limit: Limit
-    key: str
-    descriptor: int
-
-
-def _bare_key(value: str) -> str:
-    """``Bearer snt_…`` (any case, as RFC 7235 allows) or a bare ``x-api-key`` value → the key."""
-    scheme, _, rest = value.strip().partition(" ")
-    return rest.strip() if rest and scheme.lower() == "bearer" else value.strip()
-
-
 class Limiter:
-    """Turns Envoy's descriptors into counters, counts them in Redis, decides."""
+    """Counts a call against its tenant's and its principal's limits in Redis, and decides."""
 
-    def __init__(self, rules: Rules, redis: Redis, *, plan_of: PlanOf, resolve: Resolve,
+    def __init__(self, rules: Rules, redis: Redis, *, plan_of: PlanOf = plan_of,
                  cache_seconds: float = 30.0, key_prefix: str = "sentinel:rl") -> None:
         self.rules, self.redis = rules, redis
-        self._plan_of, self._resolve = plan_of, resolve
+        self._plan_of = plan_of
         self._plans = TtlCache(cache_seconds)
-        self._credentials = TtlCache(cache_seconds)
         self.prefix = key_prefix
         self._count = redis.register_script(_COUNT)
         self._redis_down_until = 0.0
@@ -186,78 +177,31 @@ class Limiter:
             self._plans.put(tenant_id, plan)
         return str(plan or FALLBACK_PLAN)
 
-    async def credential(self, value: str) -> tuple[uuid.UUID, str] | None:
-        found, who = self._credentials.get(value)
-        if not found:
-            try:
-                who = await self._resolve(value)
-            except Exception:
-                log.warning("credential lookup failed; counted per address only", exc_info=True)
-                return None
-            self._credentials.put(value, who)
-        return who  # type: ignore[return-value]
-
-    async def _checks(self, descriptors: Sequence[Mapping[str, str]], now: float) -> list[_Check]:
-        checks: list[_Check] = []
-
-        def add(index: int, tier: str, klass: str, subject: str, plan: str = FALLBACK_PLAN) -> None:
-            limit = self.rules.limit(tier, klass, plan)
-            if limit is None:
-                return
-            window = int(now // limit.seconds)
-            key = f"{self.prefix}:{tier}:{subject}:{klass}:{limit.seconds}:{window}"
-            checks.append(_Check(tier, klass, limit, key, index))
-
-        for index, entries in enumerate(descriptors):
-            klass = class_of(entries.get("path", ""))
-            tier = entries.get("tier", "")
-            tenant: uuid.UUID | None = None
-            principal = ""
-            if tier == "ip":
-                address = entries.get("remote_address", "")
-                if address and not self.rules.exempt(address):
-                    add(index, "ip", klass, address)
-                continue
-            if tier == "jwt":
-                try:
-                    tenant = uuid.UUID(entries.get("tenant", ""))
-                except ValueError:
-                    continue  # Envoy verified the token; a token without a tenant is not ours to count
-                principal = "u:" + entries.get("subject", "")
-            elif tier == "api_key":
-                who = await self.credential(_bare_key(entries.get("credential", "")))
-                if who is None:  # not a valid key: the service refuses it; the address tier counted it
-                    continue
-                tenant, principal = who[0], "k:" + who[1]
-            else:
-                continue
-            if tenant == PLATFORM_TENANT_ID:
-                # Operators must be able to act during an incident, whatever the tenants' limits
-                # are set to; they are few, every call is audited, and the address tier applies.
-                continue
-            plan = await self.plan(tenant)
-            add(index, "tenant", klass, str(tenant), plan)
-            add(index, "principal", klass, f"{tenant}:{principal}", plan)
-        return checks
-
-    async def decide(self, descriptors: Sequence[Mapping[str, str]], hits: int = 1) -> Decision:
+    async def decide(self, tenant_id: uuid.UUID, principal: str, klass: str) -> Decision:
+        """Count one call of ``principal`` (a stable id within the tenant) of class ``klass``."""
         started = time.perf_counter()
         now = time.time()
-        decision = Decision(per_descriptor=[None] * len(descriptors))
+        decision = Decision()
         if time.monotonic() < self._redis_down_until:
             ERRORS.labels("redis_backoff").inc()
             decision.failed_open = True
             return decision
         try:
-            checks = await self._checks(descriptors, now)
+            plan = await self.plan(tenant_id)
+            checks: list[tuple[str, Limit, str]] = []
+            for tier, subject in (("tenant", str(tenant_id)), ("principal", f"{tenant_id}:{principal}")):
+                limit = self.rules.limit(tier, klass, plan)
+                if limit is not None:
+                    window = int(now // limit.seconds)
+                    checks.append((tier, limit, f"{self.prefix}:{tier}:{subject}:{klass}:{limit.seconds}:{window}"))
             if not checks:
                 return decision
-            limits = [c.limit.requests for c in checks]
-            ttls = [c.limit.seconds + 1 for c in checks]
-            counts = await self._count(keys=[c.key for c in checks], args=[max(hits, 1), *limits, *ttls])
+            counts = await self._count(keys=[key for _, _, key in checks],
+                                       args=[1, *(limit.requests for _, limit, _ in checks),
+                                             *(limit.seconds + 1 for _, limit, _ in checks)])
         except RedisError as err:
-            # Fail open: an unreachable Redis must not take the API down. The services' own
-            # login throttle still guards credentials; SentinelRateLimiterFailingOpen (alerts/) opens a ticket.
+            # Fail open: an unreachable Redis must not take the API down. The edge's address
+            # tier and the login throttle still hold; SentinelRateLimiterFailingOpen opens a ticket.
             ERRORS.labels("redis").inc()
             self._redis_down_until = time.monotonic() + REDIS_BACKOFF_SECONDS
             log.warning("rate-limit decisions fail open for %.0f s", REDIS_BACKOFF_SECONDS,
@@ -266,14 +210,11 @@ class Limiter:
             return decision
         finally:
             DECISION_SECONDS.observe(time.perf_counter() - started)
-        for check, count in zip(checks, counts, strict=True):
-            reset = (now // check.limit.seconds + 1) * check.limit.seconds - now
-            counted = Counted(check.tier, check.klass, check.limit, int(count), reset)
-            CHECKS.labels(check.tier, check.klass, "over_limit" if counted.over else "ok").inc()
-            current = decision.per_descriptor[check.descriptor]
-            if current is None or (counted.over, -counted.remaining) > (current.over, -current.remaining):
-                decision.per_descriptor[check.descriptor] = counted
-        for counted in decision.counted:
+        for (tier, limit, _), count in zip(checks, counts, strict=True):
+            reset = (now // limit.seconds + 1) * limit.seconds - now
+            counted = Counted(tier, klass, limit, int(count), reset)
+            CHECKS.labels(tier, klass, "over_limit" if counted.over else "ok").inc()
             if counted.over:
-                REJECTIONS.labels(counted.tier, counted.klass).inc()
+                REJECTIONS.labels(tier, klass).inc()
+            decision.counted.append(counted)
         return decision

@@ -3,8 +3,12 @@
 Tiers (each request is counted in every tier that applies; the strictest decides):
 
 * ``ip``: the client address Envoy saw (never a client-supplied header); every routed call.
+  Envoy's own local buckets, per Envoy instance (``sentinel.gateway.envoy.address_limit_filters``).
 * ``tenant``: the tenant of a verified credential (JWT ``tid`` or a valid API key), by plan.
 * ``principal``: the user (JWT ``sub``) or the API key, by the tenant's plan.
+
+  Both counted by every service in the Redis they share (``sentinel.ratelimit.limiter``), so
+  they hold across any number of service and Envoy instances.
 
 Classes, derived from the contracts (so a new RPC is classified without configuration):
 
@@ -147,7 +151,8 @@ def load(overrides: Mapping[str, Any] | None = None) -> Rules:
 
 
 @functools.cache
-def _classification() -> Mapping[str, str]:
+def classification() -> Mapping[str, str]:
+    """Every RPC of the contracts (its gRPC path) → its class."""
     out: dict[str, str] = {}
     for rpc in contracts.rpcs():
         credential = rpc.mutating and (rpc.public or rpc.service.name == "AuthService")
@@ -160,4 +165,4 @@ def class_of(grpc_path: str) -> str:
 
     A path outside the contracts (the service answers UNIMPLEMENTED) counts as a read.
     """
-    return _classification().get(grpc_path, "read")
+    return classification().get(grpc_path, "read")

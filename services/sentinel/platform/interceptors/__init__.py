@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from sentinel.platform import calls, contracts
 from sentinel.platform.auth import TokenVerifier
 from sentinel.platform.service_identity import ServiceVerifier
+
+if TYPE_CHECKING:
+    from sentinel.ratelimit.limiter import Limiter
 
 
 class Interceptor(Protocol):
@@ -120,10 +123,11 @@ class Chain(grpc.aio.ServerInterceptor):
 
 
 def default_chain(service: str, verifier: TokenVerifier | None,
-                  service_verifier: ServiceVerifier | None = None) -> Chain:
-    """The production order: metrics, tracing, logging, errors, input, audit, authn, policy; then,
-    around unary handlers, the audit transaction and idempotency. (The call's span is opened in
-    front of the chain: ``sentinel.platform.tracing.server_interceptors``.)"""
+                  service_verifier: ServiceVerifier | None = None, limiter: Limiter | None = None) -> Chain:
+    """The production order: metrics, tracing, logging, errors, input, audit, authn, rate limits
+    (when a limiter is given), policy; then, around unary handlers, the audit transaction and
+    idempotency. (The call's span is opened in front of the chain:
+    ``sentinel.platform.tracing.server_interceptors``.)"""
     from sentinel.platform.interceptors.audit import AuditInterceptor, AuditTransaction
     from sentinel.platform.interceptors.authn import AuthnInterceptor
     from sentinel.platform.interceptors.errors import ErrorsInterceptor
@@ -132,6 +136,7 @@ def default_chain(service: str, verifier: TokenVerifier | None,
     from sentinel.platform.interceptors.logging import LoggingInterceptor
     from sentinel.platform.interceptors.metrics import MetricsInterceptor
     from sentinel.platform.interceptors.policy import PolicyInterceptor
+    from sentinel.platform.interceptors.ratelimit import RateLimitInterceptor
     from sentinel.platform.interceptors.tracing import TracingInterceptor
 
     return Chain([
@@ -142,5 +147,6 @@ def default_chain(service: str, verifier: TokenVerifier | None,
         InputInterceptor(),
         AuditInterceptor(),
         AuthnInterceptor(verifier, service_verifier),
+        *([RateLimitInterceptor(limiter)] if limiter is not None else []),
         PolicyInterceptor(),
     ], unary=[AuditTransaction(), IdempotencyInterceptor()])
