@@ -32,7 +32,7 @@ def test_the_stack_starts_prometheus_with_the_generated_rules(stack: Stack) -> N
             time.sleep(1)
         jobs = {job for job, _ in health}
         assert jobs == {"sentinel-tenant", "sentinel-user", "sentinel-audit", "sentinel-scheduler",
-                        "sentinel-ratelimit", "sentinel-worker", "envoy"}
+                        "sentinel-worker", "envoy"}
         # Both user-service instances are targets of the one job.
         assert sum(1 for job, _ in health if job == "sentinel-user") == stack.instances["user"]
         groups = httpx.get(f"{stack.prometheus_url}/api/v1/rules", timeout=5).json()["data"]["groups"]

@@ -40,7 +40,7 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from sentinel.devstack.stack import Stack, service_of
+from sentinel.devstack.stack import Stack
 from sentinel.observability import config, dashboards, rules
 from sentinel.scheduler.v1 import job_pb2
 from sentinel.scheduler.v1 import scheduler_service_pb2 as ssp
@@ -170,8 +170,6 @@ class Counts:
 def scrape_counts(stack: Stack) -> Counts:
     c = Counts({}, {}, {}, {}, {}, {})
     for name in stack.ports.metrics:
-        if service_of(name) == "ratelimit":
-            continue
         text = httpx.get(stack.metrics_url(name), timeout=5).text
         for family in text_string_to_metric_families(text):
             for s in family.samples:
@@ -282,7 +280,7 @@ def test_dashboards_and_rules_against_a_real_prometheus(stack: Stack, tmp_path: 
         assert check.returncode == 0, check.stdout + check.stderr
         jobs = {j["job_name"] for j in prom_config["scrape_configs"]}
         assert jobs == {"sentinel-tenant", "sentinel-user", "sentinel-audit", "sentinel-scheduler",
-                        "sentinel-ratelimit", "sentinel-worker", "envoy", "node"}
+                        "sentinel-worker", "envoy", "node"}
 
         with _run([node_exporter, f"--web.listen-address={node_addr}",
                    f"--collector.textfile.directory={textfiles}"], tmp_path / "node-exporter.log",

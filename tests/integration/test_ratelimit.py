@@ -359,7 +359,8 @@ def test_an_unreachable_redis_fails_open(stack: Stack, admin_headers: dict[str, 
             for _ in range(3 * limit("principal", "read")):  # beyond the limit: nothing refuses
                 stub.GetCurrentUser(usp.GetCurrentUserRequest(), metadata=metadata, timeout=10)
         url = f"http://{stack.host}:{metrics_port}/metrics"
-        failed_open = sum(metric_at(url, "sentinel_ratelimit_errors_total", reason=r) for r in ("redis", "redis_backoff"))
+        failed_open = sum(metric_at(url, "sentinel_ratelimit_errors_total", reason=r)
+                          for r in ("redis", "redis_backoff"))
         assert failed_open >= 3 * limit("principal", "read"), failed_open
         assert metric_at(url, "sentinel_ratelimit_errors_total", reason="redis") >= 1
     finally:

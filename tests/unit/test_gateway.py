@@ -206,8 +206,8 @@ def test_cli_render_writes_config_and_descriptor(tmp_path: Path) -> None:
     assert pb.stat().st_size > 0
     rendered = yaml.safe_load(out.read_text())
     assert _filter(rendered, "envoy.filters.http.grpc_json_transcoder")["proto_descriptor"] == str(pb)
-    # The rest of the dev config stays (docs, the rate-limit filter).
-    assert _filter(rendered, "envoy.filters.http.ratelimit")["domain"] == "sentinel"
+    # The rest of the dev config stays (docs, the address-tier rate limits).
+    assert _filter(rendered, "sentinel.edge_rate_limit.auth")["stat_prefix"] == "edge_ip_auth"
 
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     ns = cli.build_parser().parse_args(["gateway", "render", "-o", str(out), "--tls-cert", str(cert),
@@ -218,7 +218,7 @@ def test_cli_render_writes_config_and_descriptor(tmp_path: Path) -> None:
     listeners = rendered["static_resources"]["listeners"]
     assert [lst["address"]["socket_address"]["port_value"] for lst in listeners] == [9443, 8000]
     assert "transport_socket" in listeners[0]["filter_chains"][0]
-    assert not any(f["name"] == "envoy.filters.http.ratelimit" for f in _hcm(rendered)["http_filters"])
+    assert not any(f["name"].startswith("sentinel.edge_rate_limit.") for f in _hcm(rendered)["http_filters"])
     cors = _hcm(rendered)["route_config"]["virtual_hosts"][0]["typed_per_filter_config"]["envoy.filters.http.cors"]
     assert cors["allow_credentials"] is True and cors["allow_origin_string_match"] == [{"exact": "https://a.example"}]
 

@@ -160,12 +160,12 @@ def test_relative_path_without_credentials_directory_is_cwd(monkeypatch: pytest.
 
 def test_default_ports_match_the_design() -> None:
     assert DEFAULT_PORTS == {"tenant": (50051, 9101), "user": (50052, 9102),
-                             "audit": (50053, 9103), "scheduler": (50054, 9104), "ratelimit": (50055, 9106)}
+                             "audit": (50053, 9103), "scheduler": (50054, 9104)}
 
 
 @pytest.mark.parametrize(("service", "grpc_port", "metrics_port"), [
     ("tenant", 50051, 9101), ("user", 50052, 9102), ("audit", 50053, 9103), ("scheduler", 50054, 9104),
-    ("ratelimit", 50055, 9106), ("other", 50050, 0),
+    ("other", 50050, 0),
 ])
 def test_resolved_default_ports(service: str, grpc_port: int, metrics_port: int) -> None:
     s = Settings(service=service)

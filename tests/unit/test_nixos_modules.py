@@ -35,8 +35,9 @@ NIX_FILES = [*sorted(MODULES.glob("*.nix")), STUBS, EVAL]
 STORE = "/nix/store/00000000000000000000000000000000-"
 SENTINEL = STORE + "sentinel/bin/sentinel"
 SERVICES = ("tenant", "user", "audit", "scheduler")
-LONG_RUNNING = [*(f"sentinel-{s}" for s in SERVICES), "sentinel-worker", "sentinel-ratelimit"]
-ACCOUNTS = {f"sentinel-{a}" for a in (*SERVICES, "worker", "ratelimit", "migrate")}
+SERVICE_UNITS = [f"sentinel-{s}" for s in SERVICES]
+LONG_RUNNING = [*SERVICE_UNITS, "sentinel-worker"]
+ACCOUNTS = {f"sentinel-{a}" for a in (*SERVICES, "worker", "migrate")}
 LOCAL_DB_URL = "postgresql+asyncpg://{role}@/sentinel?host=/run/postgresql&port=5432"
 
 
@@ -92,11 +93,11 @@ def _sentinel_units(out: dict[str, Any]) -> dict[str, Any]:
 def test_units_per_instance(default: dict[str, Any]) -> None:
     units = _sentinel_units(default)
     assert set(units) == {"sentinel-setup", "sentinel-migrate", "sentinel-tenant", "sentinel-user", "sentinel-user-2",
-                          "sentinel-audit", "sentinel-scheduler", "sentinel-worker", "sentinel-ratelimit"}
+                          "sentinel-audit", "sentinel-scheduler", "sentinel-worker"}
     assert default["sentinel"]["units"] == [
         "sentinel-setup.service", "sentinel-migrate.service", "sentinel-tenant.service", "sentinel-user.service",
         "sentinel-user-2.service", "sentinel-audit.service", "sentinel-scheduler.service",
-        "sentinel-worker.service", "sentinel-ratelimit.service"]
+        "sentinel-worker.service"]
     for name in ("user", "user-2"):
         unit = units[f"sentinel-{name}"]
         assert unit["serviceConfig"]["ExecStart"] == f"{SENTINEL} serve user"
@@ -108,8 +109,6 @@ def test_units_per_instance(default: dict[str, Any]) -> None:
     # Peers call the first instance only; Envoy balances over all.
     assert units["sentinel-tenant"]["environment"]["SENTINEL_USER_ADDR"] == "127.0.0.1:50052"
     assert units["sentinel-worker"]["serviceConfig"]["ExecStart"] == f"{SENTINEL} worker"
-    assert units["sentinel-ratelimit"]["serviceConfig"]["ExecStart"] == f"{SENTINEL} ratelimit"
-    assert units["sentinel-ratelimit"]["environment"]["SENTINEL_GRPC_PORT"] == "50055"
     # The default package is nix/package.nix built with the host's pkgs.
     assert default["sentinel"]["package"]["calledWith"] == str(REPO / "nix" / "package.nix")
     target = default["targets"]["sentinel"]
@@ -354,7 +353,8 @@ def test_postgresql_roles_mirror_the_dev_stack(default: dict[str, Any]) -> None:
     assert {f"sentinel {a} sentinel_app" for a in ACCOUNTS} <= set(ident)
     assert ident[-1] == "postgres postgres postgres"
     assert not any(line.endswith("sentinel_owner") and "migrate" not in line for line in ident)
-    assert pg["settings"]["max_connections"] >= 100
+    # 15 connections per process (pool 10 + overflow 5): 5 service processes, the worker and migrate.
+    assert pg["settings"]["max_connections"] == 15 * (5 + 2) + 20
     # After the module's own setup (ensureUsers), the database owned by the owner role, as in the dev stack.
     script = default["services"]["postgresql-setup"]["script"]
     assert script.startswith("# upstream:")
@@ -412,11 +412,30 @@ def _render(out: dict[str, Any], directory: Path) -> Path:
     return config
 
 
+LIMITS = {"tenant": {"free": {"write": "300/minute"}}, "ip": {"auth": "30/minute"}}
 GATEWAY = {
     "services": {"user": {"instances": 2}},
     "gateway": {"port": 8080, "cors": {"allowedOrigins": ["https://app.example.com"]},
-                "rateLimits": {"limits": {"tenant": {"free": {"write": "300/minute"}}}}},
+                "rateLimits": {"limits": LIMITS}},
 }
+
+
+def _edge_limit_filters(settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The address tier's local rate-limit filters in every HTTP connection manager of the settings."""
+    found: list[dict[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if str(node.get("name", "")).startswith("sentinel.edge_rate_limit."):
+                found.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(settings)
+    return found
 
 
 def test_gateway_settings_are_the_generator_output(evaluate: Evaluate, tmp_path: Path) -> None:
@@ -430,7 +449,8 @@ def test_gateway_settings_are_the_generator_output(evaluate: Evaluate, tmp_path:
                    "audit": ["127.0.0.1:50053"], "scheduler": ["127.0.0.1:50054"]},
         descriptor_set_path=out_dir / "sentinel.pb", docs_dir=out_dir / "docs",
         listen_host="0.0.0.0", listen_port=8080, admin_host="127.0.0.1", admin_port=9901,
-        cors_allowed_origins=("https://app.example.com",), ratelimit_address="127.0.0.1:50055")
+        cors_allowed_origins=("https://app.example.com",), rate_limits=LIMITS)
+    assert json.loads(config.read_text())["rate_limits"] == LIMITS
     assert gw.config_from_json(json.loads(config.read_text())) == expected
     assert (out_dir / "sentinel.pb").stat().st_size > 0
     assert (out_dir / "docs" / "openapi.json").is_file() and (out_dir / "docs" / "index.html").is_file()
@@ -439,6 +459,9 @@ def test_gateway_settings_are_the_generator_output(evaluate: Evaluate, tmp_path:
     settings = second["envoy"]["settings"]
     assert settings == json.loads((out_dir / "envoy.json").read_text())
     assert settings == json.loads(json.dumps(gw.render(expected)))
+    # The address tier is Envoy's: its auth bucket holds the overridden 30 requests a minute.
+    buckets = {f["name"]: f["typed_config"]["descriptors"][0]["token_bucket"] for f in _edge_limit_filters(settings)}
+    assert buckets["sentinel.edge_rate_limit.auth"] == {"max_tokens": 30, "tokens_per_fill": 30, "fill_interval": "60s"}
     assert second["envoy"]["enable"] is True
     assert second["envoy"]["package"] == {"drv": "envoy-bin"}
     assert second["envoy"]["requireValidConfig"] is True
@@ -450,8 +473,13 @@ def test_gateway_settings_are_the_generator_output(evaluate: Evaluate, tmp_path:
     assert unit["serviceConfig"]["DynamicUser"] is True
     assert unit["serviceConfig"]["LoadCredential"] == []
     assert second["firewall"] == []
-    ratelimit = second["services"]["sentinel-ratelimit"]["environment"]
-    assert json.loads(ratelimit["SENTINEL_RATE_LIMITS"]) == {"tenant": {"free": {"write": "300/minute"}}}
+    # The same overrides reach every service process (the tenant and principal tiers), counting on.
+    for name in [*SERVICE_UNITS, "sentinel-user-2"]:
+        env = second["services"][name]["environment"]
+        assert json.loads(env["SENTINEL_RATE_LIMITS"]) == LIMITS, name
+        assert "SENTINEL_RATE_LIMITS_ENABLED" not in env, name
+    # The worker counts no requests.
+    assert "SENTINEL_RATE_LIMITS" not in second["services"]["sentinel-worker"]["environment"]
 
 
 def test_rendered_gateway_passes_envoy_validate(evaluate: Evaluate, tmp_path: Path) -> None:
@@ -476,14 +504,19 @@ def test_gateway_with_tls_and_without_rate_limits(evaluate: Evaluate, tmp_path: 
     assert config["tls_cert_file"] == "/run/credentials/envoy.service/tls-cert"
     assert config["tls_key_file"] == "/run/credentials/envoy.service/tls-key"
     assert (config["tls_port"], config["listen_port"]) == (443, 80)
-    assert config["ratelimit_address"] is None and config["docs_dir"] is None
+    # No address limits at the edge, and the services count nothing either.
+    assert config["rate_limits"] is None and config["docs_dir"] is None
     assert "--write-docs" not in first["sentinel"]["rendered"]["script"]
-    assert "sentinel-ratelimit" not in first["services"]
-    assert "sentinel-ratelimit.service" not in first["sentinel"]["units"]
+    for name in SERVICE_UNITS:
+        env = first["services"][name]["environment"]
+        assert env["SENTINEL_RATE_LIMITS_ENABLED"] == "false", name
+        assert "SENTINEL_RATE_LIMITS" not in env, name
     second = evaluate(options, render_dirs={"sentinel-gateway": out_dir})
     settings = second["envoy"]["settings"]
     assert [lst["address"]["socket_address"]["port_value"] for lst in settings["static_resources"]["listeners"]] == \
         [443, 80]
+    assert _edge_limit_filters(settings) == []
+    assert "local_ratelimit" not in json.dumps(settings)
     # The build cannot load runtime credentials, so the build-time validation may not fail on them.
     assert second["envoy"]["requireValidConfig"] is False
     assert _credentials(second["services"]["envoy"]) == {"tls-cert": "/var/lib/acme/api/fullchain.pem",
@@ -822,7 +855,7 @@ def test_extras_are_the_python_rule_sets(evaluate: Evaluate) -> None:
 
 PLATFORM_UNITS = ["sentinel-setup.service", "sentinel-migrate.service", "sentinel-tenant.service",
                   "sentinel-user.service", "sentinel-audit.service", "sentinel-scheduler.service",
-                  "sentinel-worker.service", "sentinel-ratelimit.service"]
+                  "sentinel-worker.service"]
 OBSERVABILITY_UNITS = ["prometheus.service", "prometheus-node-exporter.service", "loki.service",
                        "alloy.service", "grafana.service"]
 HOST_UNITS = ["auditd.service", "sentinel-watchdog.service", "sentinel-procmem.service"]

@@ -24,7 +24,7 @@ TREE = Path(__file__).resolve().parents[2]
 OUT = TREE / "observability"
 SPEC = rules.load_spec(TREE / "alerts" / "slo.yaml")
 JOBS = {"sentinel-tenant", "sentinel-user", "sentinel-audit", "sentinel-scheduler", "sentinel-worker",
-        "sentinel-ratelimit", "envoy", "node"}
+        "envoy", "node"}
 
 
 def test_committed_files_are_up_to_date(capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,7 +83,7 @@ def test_promtool_accepts_the_config_and_its_rules() -> None:
 
 def test_stack_jobs_keep_the_production_names() -> None:
     class Ports:
-        metrics = {"tenant": 1, "user": 2, "user-2": 3, "audit": 4, "scheduler": 5, "ratelimit": 6}
+        metrics = {"tenant": 1, "user": 2, "user-2": 3, "audit": 4, "scheduler": 5}
         worker_metrics = 7
         envoy_admin = 8
 

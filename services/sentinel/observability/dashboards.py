@@ -635,19 +635,26 @@ def _jobs_dashboard(spec: rules.Spec) -> Dashboard:
             )),
             Row("Rate limiting", (
                 Panel("timeseries", "Rejections by tier and class",
-                      "Requests the edge refused with 429, by the tier (ip, tenant, principal) and class "
-                      "(auth, write, read) that refused them.",
+                      "Requests refused with 429 / RESOURCE_EXHAUSTED, by the tier and class (auth, write, "
+                      "read) that refused them: ip is Envoy's per-address buckets, tenant and principal the "
+                      "services' counters in Redis.",
                       (Query(f"sum by (tier, class) (rate(sentinel_ratelimit_rejections_total[{_RATE}]))",
-                             "{{tier}} {{class}}"),),
+                             "{{tier}} {{class}}"),
+                       Query("sum by (envoy_local_http_ratelimit_prefix) (rate(envoy_http_local_rate_limit_rate_limited"
+                             f'{{envoy_local_http_ratelimit_prefix=~"edge_ip_.+"}}[{_RATE}]))',
+                             "{{envoy_local_http_ratelimit_prefix}}")),
                       unit="reqps", width=12),
-                Panel("stat", "Rejections (time range)", "429s over the dashboard's time range.",
-                      (Query("sum(increase(sentinel_ratelimit_rejections_total[$__range])) or vector(0)",
+                Panel("stat", "Rejections (time range)", "429s over the dashboard's time range, every tier.",
+                      (Query("(sum(increase(sentinel_ratelimit_rejections_total[$__range])) or vector(0)) + "
+                             "(sum(increase(envoy_http_local_rate_limit_rate_limited"
+                             '{envoy_local_http_ratelimit_prefix=~"edge_ip_.+"}[$__range])) or vector(0))',
                              instant=True),),
                       width=4, decimals=0),
-                Panel("stat", "Failed open", "Decisions made without Redis (limits not enforced), since start.",
+                Panel("stat", "Failed open", "Service decisions made without Redis (tenant and principal limits "
+                      "not enforced), since start.",
                       (Query("sum(sentinel_ratelimit_errors_total) or vector(0)", instant=True),),
                       width=4, decimals=0, thresholds=_OK_RED),
-                Panel("stat", "Decision p99", "Time to decide one request.",
+                Panel("stat", "Decision p99", "Time a service takes to count one call (one Redis round trip).",
                       (Query("histogram_quantile(0.99, sum by (le) (rate(sentinel_ratelimit_decision_seconds_bucket"
                              f"[{_RATE}])))", instant=True),),
                       unit="s", width=4),

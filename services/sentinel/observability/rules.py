@@ -944,6 +944,14 @@ def _new_or_increased(selector: str, window: Duration, by: str) -> str:
     )
 
 
+
+def _ratelimit_union(service_metric: str, envoy_metric: str, window: str) -> str:
+    """Per (tier, class): the services' tenant and principal counters, and Envoy's address tier
+    (its ``edge_ip_<class>`` local rate-limit stats) relabelled to tier="ip", class=<class>."""
+    envoy = (f'label_replace(label_replace(rate({envoy_metric}{{envoy_local_http_ratelimit_prefix=~"edge_ip_.+"}}'
+             f'[{window}]), "tier", "ip", "", ""), "class", "$1", "envoy_local_http_ratelimit_prefix", "edge_ip_(.+)")')
+    return f"(\n  sum by (tier, class) (rate({service_metric}[{window}]))\n  or\n  sum by (tier, class) ({envoy})\n)"
+
 def _service_groups(spec: Spec) -> tuple[Group, ...]:
     p = spec.platform
     url = spec.runbook_url
@@ -1075,19 +1083,19 @@ def _service_groups(spec: Spec) -> tuple[Group, ...]:
         ),
     ))
     w = p.ratelimit_window
-    rejected = f"sum by (tier, class) (rate(sentinel_ratelimit_rejections_total[{w}]))"
-    checked = f"sum by (tier, class) (rate(sentinel_ratelimit_checks_total[{w}]))"
+    rejected = _ratelimit_union("sentinel_ratelimit_rejections_total", "envoy_http_local_rate_limit_rate_limited", w)
+    checked = _ratelimit_union("sentinel_ratelimit_checks_total", "envoy_http_local_rate_limit_enabled", w)
     ratelimit = Group("sentinel-ratelimit", (
         Alert(
             alert="SentinelRateLimiterFailingOpen",
             expr=f"sum by (job, instance) (increase(sentinel_ratelimit_errors_total[{w}])) > 0",
             severity="ticket", for_=p.ratelimit_failing_open_for,
             summary="{{ $labels.instance }}: rate-limit decisions fail open (Redis unreachable or slow)",
-            description="The rate-limit service cannot count in Redis and lets every request through, so no "
-                        "rate limit is enforced (the services' login throttle still guards credentials). "
-                        "reason=\"redis\" counts failed Redis calls, reason=\"redis_backoff\" the requests "
-                        "passed unchecked after one. Check Redis (SentinelComponentDown for redis, `redis-cli "
-                        "ping`, its memory and latency) and the rate-limit service's logs.",
+            description="This service cannot count the tenant and principal rate limits in Redis and lets "
+                        "those calls through unlimited (Envoy's per-address limits and the login throttle "
+                        "still hold). reason=\"redis\" counts failed Redis calls, reason=\"redis_backoff\" "
+                        "the calls passed unchecked after one. Check Redis (SentinelComponentDown for redis, "
+                        "`redis-cli ping`, its memory and latency) and this service's logs.",
             runbook_url=f"{url}#{_anchor('SentinelRateLimiterFailingOpen')}",
             # Deliberately sustained: failures in every window for the whole `for`, not one blip.
             conditions=(Condition(f"failed-open decisions over {w}", ">", zero, low=zero, window=w,
@@ -1101,7 +1109,8 @@ def _service_groups(spec: Spec) -> tuple[Group, ...]:
             summary=f"rate limit {{{{ $labels.tier }}}}/{{{{ $labels.class }}}}: more than "
                     f"{_pct(p.ratelimit_rejected_ratio_max)} of requests refused for {p.ratelimit_rejections_for}",
             description=f"The {{{{ $labels.tier }}}} tier refuses more than {_pct(p.ratelimit_rejected_ratio_max)} of "
-                        f"the {{{{ $labels.class }}}} requests it counts, at more than "
+                        f"the {{{{ $labels.class }}}} requests it counts (the ip tier, Envoy's: of all requests "
+                        f"through the Envoy), at more than "
                         f"{_num(p.ratelimit_rejected_rate_min)} per second (HTTP 429, gRPC RESOURCE_EXHAUSTED). "
                         "Either a client is hammering (a retry loop, a scraper, credential stuffing on auth) "
                         "or the limits are too tight for genuine load. Find the clients in Envoy's access log "
