@@ -169,7 +169,7 @@ class Route:
 @contextlib.contextmanager
 def envoy_without(stack: Stack, names: list[str], workdir: Path) -> Iterator[Route]:
     """A second Envoy on free ports, from the stack's own configuration minus the HTTP filters
-    ``names`` (e.g. ``ratelimit``), in front of the same services: what those filters cost."""
+    ``names`` (e.g. ``lua``), in front of the same services: what those filters cost."""
     from sentinel.devstack.stack import free_port
     from sentinel.gateway.envoy import envoy_args
 
@@ -249,8 +249,6 @@ class Bench:
         pids = {"user-svc": self.stack.pid("user")}
         if route.envoy_pid is not None:
             pids["envoy"] = route.envoy_pid
-        with contextlib.suppress(KeyError):  # the edge rate-limit service Envoy asks, where there is one
-            pids["ratelimit"] = self.stack.pid("ratelimit")
         return pids
 
     def get_user(self, path: str, rate: float | None) -> Result:
@@ -397,7 +395,7 @@ def measure(rpc: str, run: Callable[[str, float | None], Result], paths: list[st
     return Figures(rpc, rate, peak, phase(rate))
 
 
-PROCESSES = ("user-svc", "envoy", "ratelimit", "bench-client")
+PROCESSES = ("user-svc", "envoy", "bench-client")
 
 
 def row(r: Result) -> str:
@@ -475,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure native gRPC through Envoy (proxying and filters, no transcoding)")
     parser.add_argument("--without", action="append", default=[], metavar="FILTER",
                         help="also measure REST through a second Envoy without this HTTP filter, e.g. "
-                             "ratelimit (repeatable: one Envoy each)")
+                             "lua or sentinel.edge_rate_limit.read (repeatable: one Envoy each)")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="more stack environment for this run, over BENCH_ENV (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the figures here")

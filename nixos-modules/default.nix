@@ -9,7 +9,7 @@
     ./sentinel.nix # options shared by every area, system users, sentinel-setup.service
     ./postgresql.nix # services.postgresql: database, owner and service roles (peer auth)
     ./redis.nix # services.redis.servers.sentinel
-    ./services.nix # sentinel-migrate, the four services per instance, worker, rate-limit service
+    ./services.nix # sentinel-migrate, the four services per instance, worker
     ./gateway.nix # services.envoy from the generator
     ./observability.nix # Prometheus, node exporter, Loki, Alloy, Grafana (services.sentinel.observability)
     ./host-security.nix # security.audit rules, auditd, sentinel-watchdog, sentinel-procmem

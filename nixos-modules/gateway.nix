@@ -1,6 +1,6 @@
 # The edge: Envoy (NixOS `services.envoy`) configured by the same generator as `sentinel up`
-# (sentinel.gateway.envoy), so the filters, routes, JWT rules and rate-limit descriptors always
-# match the contracts the package was built from.
+# (sentinel.gateway.envoy), so the filters, routes, JWT rules and the address tier's token buckets
+# always match the contracts the package was built from.
 #
 # How the config reaches services.envoy: the NixOS envoy module has no "config file" option; it
 # takes `settings` (an attribute set), writes it as JSON and checks it with `envoy --mode validate`
@@ -59,7 +59,9 @@ let
     tls_cert_file = if tls then "${credentialsDir}/tls-cert" else null;
     tls_key_file = if tls then "${credentialsDir}/tls-key" else null;
     tls_port = gw.tls.port;
-    ratelimit_address = if d.rateLimitsEnabled then d.ratelimitAddress else null;
+    # The SENTINEL_RATE_LIMITS overrides ({ }: the defaults), whose address tier Envoy enforces;
+    # null: no address limits at the edge.
+    rate_limits = if d.rateLimitsEnabled then d.rateLimits else null;
   };
 
   rendered =
@@ -179,7 +181,13 @@ in
       enable = mkOption {
         type = types.bool;
         default = true;
-        description = "Rate limits at the edge: Envoy asks `sentinel ratelimit` (on Redis) before routing.";
+        description = ''
+          Rate limits (README, The edge). The address tier (per client IP) is enforced by Envoy with
+          local token buckets, per Envoy instance: two gateways each allow the full rate. The tenant
+          and principal tiers are counted by the services in Redis (`SENTINEL_RATE_LIMITS_ENABLED`),
+          so they hold across instances and hosts; the services count them even where this host
+          runs no gateway. Off: neither tier is enforced.
+        '';
       };
       limits = mkOption {
         type = jsonType;
@@ -188,8 +196,9 @@ in
           tenant.free.write = "300/minute";
         };
         description = ''
-          Overrides merged over the default limits (README, The edge), given to the rate-limit
-          service as `SENTINEL_RATE_LIMITS` (JSON). A bad key stops its start with a message.
+          Overrides merged over the default limits (README, The edge): given to every service as
+          `SENTINEL_RATE_LIMITS` (JSON; a bad key stops its start with a message) and to the
+          generator as the gateway config's `rate_limits` (a bad key fails the render, naming it).
         '';
       };
     };
@@ -217,52 +226,60 @@ in
     };
   };
 
-  config = lib.mkIf (cfg.enable && gw.enable) {
-    assertions = [
-      {
-        assertion = (gw.tls.certFile == null) == (gw.tls.keyFile == null);
-        message = "services.sentinel.gateway.tls.certFile and services.sentinel.gateway.tls.keyFile go together: set both (HTTPS on tls.port) or neither.";
-      }
-      {
-        assertion = tls -> gw.tls.port != gw.port;
-        message = "services.sentinel.gateway.tls.port must differ from services.sentinel.gateway.port (${toString gw.port}), which redirects to it.";
-      }
-      {
-        assertion = gw.rateLimits.enable -> d.hasRedis;
-        message = "services.sentinel.gateway.rateLimits.enable needs Redis (the rate-limit service counts there): set services.sentinel.redis.createLocally = true or services.sentinel.redis.host, or disable the rate limits.";
-      }
-      {
-        assertion = !(gw.cors.allowCredentials && builtins.elem "*" gw.cors.allowedOrigins);
-        message = "services.sentinel.gateway.cors.allowCredentials cannot be combined with the origin \"*\" (browsers refuse it).";
-      }
-    ]
-    ++ lib.mapAttrsToList (name: value: {
-      assertion = !sl.inStore value;
-      message = "services.sentinel.${name} must be a path outside the Nix store (a string such as \"/run/secrets/...\", not ./file): the store is world-readable.";
-    }) secretPaths;
+  config = lib.mkMerge [
+    # The services count the tenant and principal tiers on every host that runs one, edge or not.
+    (lib.mkIf cfg.enable {
+      assertions = [
+        {
+          assertion = (d.rateLimitsEnabled && d.instances != [ ]) -> d.hasRedis;
+          message = "services.sentinel.gateway.rateLimits.enable needs Redis (the services count the tenant and principal tiers there): set services.sentinel.redis.createLocally = true or services.sentinel.redis.host, or disable the rate limits.";
+        }
+      ];
+    })
 
-    services.envoy = {
-      enable = true;
-      # The upstream static build, as `nix run`/`nix develop` use; pkgs.envoy builds with Bazel.
-      package = lib.mkDefault pkgs.envoy-bin;
-      inherit settings;
-      # The TLS files exist only at runtime (credentials), so the build cannot load them.
-      requireValidConfig = lib.mkIf tls (lib.mkDefault false);
-    };
+    (lib.mkIf (cfg.enable && gw.enable) {
+      assertions = [
+        {
+          assertion = (gw.tls.certFile == null) == (gw.tls.keyFile == null);
+          message = "services.sentinel.gateway.tls.certFile and services.sentinel.gateway.tls.keyFile go together: set both (HTTPS on tls.port) or neither.";
+        }
+        {
+          assertion = tls -> gw.tls.port != gw.port;
+          message = "services.sentinel.gateway.tls.port must differ from services.sentinel.gateway.port (${toString gw.port}), which redirects to it.";
+        }
+        {
+          assertion = !(gw.cors.allowCredentials && builtins.elem "*" gw.cors.allowedOrigins);
+          message = "services.sentinel.gateway.cors.allowCredentials cannot be combined with the origin \"*\" (browsers refuse it).";
+        }
+      ]
+      ++ lib.mapAttrsToList (name: value: {
+        assertion = !sl.inStore value;
+        message = "services.sentinel.${name} must be a path outside the Nix store (a string such as \"/run/secrets/...\", not ./file): the store is world-readable.";
+      }) secretPaths;
 
-    systemd.services.envoy = {
-      restartTriggers = [ rendered ];
-      serviceConfig = {
-        LoadCredential = optionals tls [
-          "tls-cert:${toString gw.tls.certFile}"
-          "tls-key:${toString gw.tls.keyFile}"
-        ];
-        # The upstream unit says Restart=no; the edge should come back after a crash.
-        Restart = lib.mkOverride 90 "on-failure";
-        RestartSec = 2;
+      services.envoy = {
+        enable = true;
+        # The upstream static build, as `nix run`/`nix develop` use; pkgs.envoy builds with Bazel.
+        package = lib.mkDefault pkgs.envoy-bin;
+        inherit settings;
+        # The TLS files exist only at runtime (credentials), so the build cannot load them.
+        requireValidConfig = lib.mkIf tls (lib.mkDefault false);
       };
-    };
 
-    networking.firewall.allowedTCPPorts = optionals gw.openFirewall ([ gw.port ] ++ optional tls gw.tls.port);
-  };
+      systemd.services.envoy = {
+        restartTriggers = [ rendered ];
+        serviceConfig = {
+          LoadCredential = optionals tls [
+            "tls-cert:${toString gw.tls.certFile}"
+            "tls-key:${toString gw.tls.keyFile}"
+          ];
+          # The upstream unit says Restart=no; the edge should come back after a crash.
+          Restart = lib.mkOverride 90 "on-failure";
+          RestartSec = 2;
+        };
+      };
+
+      networking.firewall.allowedTCPPorts = optionals gw.openFirewall ([ gw.port ] ++ optional tls gw.tls.port);
+    })
+  ];
 }

@@ -40,17 +40,12 @@ rec {
       port = 50054;
       metricsPort = 9104;
     };
-    ratelimit = {
-      port = 50055;
-      metricsPort = 9106;
-    };
     worker.metricsPort = 9105;
   };
 
   # Every process runs as its own static system user in the group `sentinel`.
   accounts = serviceNames ++ [
     "worker"
-    "ratelimit"
     "migrate"
   ];
   userOf = account: "sentinel-${account}";
@@ -148,10 +143,11 @@ rec {
         else
           lib.optional (cfg.services.${service}.address != null) cfg.services.${service}.address;
 
-      # The gateway's options come from gateway.nix; without it there is no edge and no limiter.
-      rateLimitsEnabled = (cfg.gateway.enable or false) && cfg.gateway.rateLimits.enable;
-      ratelimitAddress = hostPort (dialHost cfg.listenAddress) cfg.ratelimit.port;
-      ratelimitMetricsAddress = hostPort (dialHost cfg.listenAddress) cfg.ratelimit.metricsPort;
+      # The rate-limit options come from gateway.nix (services.sentinel.gateway.rateLimits); without
+      # it the services keep their own defaults (counting on, the default limits). The services count
+      # the tenant and principal tiers whether or not this host runs the edge.
+      rateLimitsEnabled = cfg.gateway.rateLimits.enable or true;
+      rateLimits = cfg.gateway.rateLimits.limits or { };
       workerMetricsAddress = hostPort (dialHost cfg.listenAddress) cfg.worker.metricsPort;
 
       hasRedis = redisLocal || cfg.redis.host != null;
@@ -219,7 +215,6 @@ rec {
         "sentinel-migrate.service"
       ]
       ++ map (i: "${i.unit}.service") instances
-      ++ optional cfg.worker.enable "sentinel-worker.service"
-      ++ optional rateLimitsEnabled "sentinel-ratelimit.service";
+      ++ optional cfg.worker.enable "sentinel-worker.service";
     };
 }

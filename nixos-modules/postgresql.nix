@@ -47,7 +47,7 @@ let
     EOF
   '';
 
-  processes = builtins.length (sl.derive cfg).instances + 3; # + worker, ratelimit, migrate
+  processes = builtins.length (sl.derive cfg).instances + 2; # + worker, migrate
 in
 {
   imports = [ ./sentinel.nix ];

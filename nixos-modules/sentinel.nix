@@ -129,17 +129,7 @@ let
     ++ lib.optional cfg.worker.enable {
       what = "worker metrics";
       port = cfg.worker.metricsPort;
-    }
-    ++ lib.optionals d.rateLimitsEnabled [
-      {
-        what = "ratelimit gRPC";
-        inherit (cfg.ratelimit) port;
-      }
-      {
-        what = "ratelimit metrics";
-        port = cfg.ratelimit.metricsPort;
-      }
-    ];
+    };
   portUsers = lib.groupBy (l: toString l.port) listeners;
   collisions = lib.filterAttrs (_: ls: builtins.length ls > 1) portUsers;
 
@@ -230,6 +220,15 @@ let
   '';
 in
 {
+  imports = [
+    # The rate-limit service is gone: Envoy enforces the address tier, the services count the others.
+    (lib.mkRemovedOptionModule [ "services" "sentinel" "ratelimit" ] ''
+      There is no rate-limit service any more: Envoy enforces the address tier with local token
+      buckets and the services count the tenant and principal tiers in Redis, both configured by
+      services.sentinel.gateway.rateLimits.
+    '')
+  ];
+
   options.services.sentinel = {
     enable = mkEnableOption "Sentinel, the multi-tenant gRPC platform (services, job worker, edge)";
 
@@ -244,8 +243,8 @@ in
       type = types.str;
       default = "127.0.0.1";
       description = ''
-        Address the services, the worker and the rate-limit service listen on (gRPC and
-        metrics). Peers and Envoy dial it; a wildcard is dialled on loopback.
+        Address the services and the worker listen on (gRPC and metrics). Peers and Envoy dial
+        it; a wildcard is dialled on loopback.
       '';
     };
 
@@ -269,8 +268,6 @@ in
         description = "The worker's `/metrics` port.";
       };
     };
-
-    ratelimit = portOptions "ratelimit";
 
     database = {
       createLocally = mkOption {
@@ -464,7 +461,6 @@ in
         map (s: job "sentinel-${s}" (map (i: i.metricsAddress) (d.instancesOf s))) (
           builtins.filter (s: cfg.services.${s}.enable) sl.serviceNames
         )
-        ++ lib.optional d.rateLimitsEnabled (job "sentinel-ratelimit" [ d.ratelimitMetricsAddress ])
         ++ lib.optional cfg.worker.enable (job "sentinel-worker" [ d.workerMetricsAddress ])
         ++ lib.optional (cfg.gateway.enable or false) (
           job "envoy" [ (sl.hostPort (sl.dialHost cfg.gateway.adminAddress) cfg.gateway.adminPort) ]

@@ -4,7 +4,10 @@
 #                           database is set up (postgresql.target), before every service
 #   sentinel-<svc>[-<n>]    `sentinel serve <svc>`, one unit per instance (tenant, user, audit, scheduler)
 #   sentinel-worker         `sentinel worker` (huey; stops gracefully on SIGINT)
-#   sentinel-ratelimit      `sentinel ratelimit` (when the gateway's rate limits are on)
+#
+# The services count the tenant and principal rate-limit tiers themselves, in Redis
+# (services.sentinel.gateway.rateLimits: SENTINEL_RATE_LIMITS, SENTINEL_RATE_LIMITS_ENABLED); Envoy
+# enforces the address tier (gateway.nix).
 #
 # The services do not implement sd_notify, so the units are Type=exec with an ExecStartPost that
 # waits for the process's own readiness (gRPC health SERVING, or the worker's /metrics answering):
@@ -134,6 +137,16 @@ let
       // serviceConfig;
     };
 
+  # The tenant and principal tiers, counted by every service process in Redis (the same overrides
+  # as Envoy's address tier); the services' defaults apply when nothing is set.
+  rateLimitsEnvironment =
+    optionalAttrs (d.rateLimits != { }) {
+      SENTINEL_RATE_LIMITS = builtins.toJSON d.rateLimits;
+    }
+    // optionalAttrs (!d.rateLimitsEnabled) {
+      SENTINEL_RATE_LIMITS_ENABLED = "false";
+    };
+
   serviceUnit =
     i:
     let
@@ -156,7 +169,8 @@ let
       }
       // optionalAttrs (i.service == "audit") {
         SENTINEL_AUDIT_SIGNING_KEY_FILE = "%d/${d.auditKeyName}";
-      };
+      }
+      // rateLimitsEnvironment;
       credentials = [
         "${key}:${keys}/services/${key}"
       ]
@@ -237,23 +251,6 @@ in
           # huey 2.x: SIGINT finishes the running jobs and stops; SIGTERM stops at once.
           KillSignal = "SIGINT";
           TimeoutStopSec = 120;
-        };
-      };
-    }
-    // optionalAttrs d.rateLimitsEnabled {
-      sentinel-ratelimit = mkUnit {
-        description = "Sentinel edge rate-limit service";
-        name = "ratelimit";
-        account = "ratelimit";
-        command = "${sentinel} ratelimit";
-        ready = grpcServing d.ratelimitAddress;
-        environment = {
-          SENTINEL_SERVICE = "ratelimit";
-          SENTINEL_GRPC_PORT = toString cfg.ratelimit.port;
-          SENTINEL_METRICS_PORT = toString cfg.ratelimit.metricsPort;
-        }
-        // optionalAttrs (cfg.gateway.rateLimits.limits != { }) {
-          SENTINEL_RATE_LIMITS = builtins.toJSON cfg.gateway.rateLimits.limits;
         };
       };
     };

@@ -524,6 +524,38 @@ def test_gateway_with_tls_and_without_rate_limits(evaluate: Evaluate, tmp_path: 
     assert second["firewall"] == [80, 443]
 
 
+def _gateway_config(out: dict[str, Any]) -> dict[str, Any]:
+    """The GatewayConfig JSON the module hands the generator (no render needed)."""
+    return json.loads(out["sentinel"]["rendered"]["env"]["gatewayConfig"])
+
+
+def test_rate_limits_by_default(default: dict[str, Any]) -> None:
+    """On: the edge gets the default limits ({}), the services count with their defaults."""
+    assert _gateway_config(default)["rate_limits"] == {}
+    for name in [*LONG_RUNNING, "sentinel-user-2"]:
+        env = default["services"][name]["environment"]
+        assert "SENTINEL_RATE_LIMITS" not in env and "SENTINEL_RATE_LIMITS_ENABLED" not in env, name
+    # The rate-limit process, its account and its ports are gone.
+    assert not any("ratelimit" in name for name in [*default["services"], *default["users"],
+                                                     *default["sentinel"]["units"]])
+    assert not any("ratelimit" in job["job_name"] for job in default["sentinel"]["scrapeConfigs"])
+
+
+def test_services_count_without_an_edge_here(evaluate: Evaluate) -> None:
+    """The tenant and principal tiers are the services': they count on a host without Envoy too."""
+    out = evaluate({"gateway": {"enable": False, "rateLimits": {"limits": LIMITS}}})
+    assert out["assertions"] == []
+    assert out["envoy"]["enable"] is False and out["sentinel"]["rendered"] is None
+    for name in SERVICE_UNITS:
+        env = out["services"][name]["environment"]
+        assert json.loads(env["SENTINEL_RATE_LIMITS"]) == LIMITS, name
+        assert "SENTINEL_RATE_LIMITS_ENABLED" not in env, name
+    # No service here, no worker: nothing counts in Redis, so none is needed.
+    remote = {s: {"enable": False, "address": f"{s}.internal:50051"} for s in SERVICES}
+    lean = evaluate({"services": remote, "worker": {"enable": False}, "redis": {"createLocally": False, "host": None}})
+    assert lean["assertions"] == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Assertions on bad combinations
 
@@ -554,7 +586,13 @@ BAD = {
         "services.sentinel.services.scheduler.address is for a scheduler service on another host"),
     "rate limits without redis": (
         {"redis": {"createLocally": False, "host": None}, "worker": {"enable": False}},
-        "services.sentinel.gateway.rateLimits.enable needs Redis"),
+        "services.sentinel.gateway.rateLimits.enable needs Redis (the services count the tenant and principal tiers"),
+    "rate limits without redis, no edge here": (
+        {"redis": {"createLocally": False, "host": None}, "worker": {"enable": False}, "gateway": {"enable": False}},
+        "services.sentinel.gateway.rateLimits.enable needs Redis (the services count the tenant and principal tiers"),
+    "the removed rate-limit service's ports": (
+        {"ratelimit": {"port": 50055}},
+        "There is no rate-limit service any more: Envoy enforces the address tier"),
     "worker without redis": (
         {"redis": {"createLocally": False, "host": None}, "gateway": {"rateLimits": {"enable": False}}},
         "services.sentinel.worker.enable needs Redis (the job queue)"),
