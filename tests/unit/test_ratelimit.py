@@ -90,6 +90,9 @@ def test_headers_describe_the_tightest_counter() -> None:
     assert refused.over_limit and h["ratelimit-limit"] == "50" and h["ratelimit-remaining"] == "0"
     assert h["retry-after"] == "41" == h["ratelimit-reset"]
     assert Decision().headers() == {}
+    # Response headers cost an extra send: only once a counter is half used.
+    assert ok.half_used and not Decision([_counted("tenant", 100, 49, 1.0)]).half_used
+    assert Decision([_counted("tenant", 100, 50, 1.0)]).half_used
 
 
 async def test_an_unreachable_redis_fails_open() -> None:

@@ -945,7 +945,7 @@ def _new_or_increased(selector: str, window: Duration, by: str) -> str:
 
 
 
-def _ratelimit_union(service_metric: str, envoy_metric: str, window: str) -> str:
+def _ratelimit_union(service_metric: str, envoy_metric: str, window: Duration) -> str:
     """Per (tier, class): the services' tenant and principal counters, and Envoy's address tier
     (its ``edge_ip_<class>`` local rate-limit stats) relabelled to tier="ip", class=<class>."""
     envoy = (f'label_replace(label_replace(rate({envoy_metric}{{envoy_local_http_ratelimit_prefix=~"edge_ip_.+"}}'
