@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 
 from sentinel.platform import db
-from sentinel.ratelimit.rules import FALLBACK_PLAN, Limit, Rules
+from sentinel.ratelimit.rules import CLASSES, FALLBACK_PLAN, Limit, Rules
 
 log = logging.getLogger("sentinel.ratelimit")
 
@@ -209,6 +209,14 @@ class Limiter:
         self._lease = redis.register_script(_LEASE)
         self._leases: dict[tuple[str, int], _Lease] = {}
         self._redis_down_until = 0.0
+        # Every series exists from the start (at 0), so rates and alerts see "none" rather than nothing.
+        for tier in ("tenant", "principal"):
+            for klass in CLASSES:
+                REJECTIONS.labels(tier, klass)
+                for outcome in ("ok", "over_limit"):
+                    CHECKS.labels(tier, klass, outcome)
+        for reason in ("redis", "redis_backoff"):
+            ERRORS.labels(reason)
 
     async def plan(self, tenant_id: uuid.UUID) -> str:
         found, plan = self._plans.get(tenant_id)
