@@ -13,8 +13,9 @@ services calling each other, and platform administrators (operators must be able
 during an incident whatever the tenants' limits are; every call of theirs is audited).
 
 Why here and not in a rate-limit service Envoy asks per request: the services already hold the
-verified principal, its tenant and its API key, so counting costs one Redis call; the extra gRPC
-hop per request cost more CPU than the call it guarded (bench/README.md, "The rate-limit hop").
+verified principal, its tenant and its API key, so counting costs at most one Redis call (leases
+make it rare); the extra gRPC hop per request cost more CPU than the call it guarded
+(bench/README.md, "The rate-limit hop").
 """
 
 from __future__ import annotations
