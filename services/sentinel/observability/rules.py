@@ -277,7 +277,7 @@ class PlatformSpec:
     outbox_for: Duration
     outbox_failures_max: Decimal
     outbox_failures_for: Duration
-    # The rate-limit service.
+    # Rate limits (the services' limiter, Envoy's address tier).
     ratelimit_window: Duration
     ratelimit_failing_open_for: Duration
     ratelimit_rejected_rate_min: Decimal

@@ -1,1 +1,1 @@
-"""Edge rate limiting: Envoy's global rate-limit service, backed by Redis."""
+"""Rate limiting: the tiers and classes (``rules``) and the Redis limiter the services count with (``limiter``)."""
