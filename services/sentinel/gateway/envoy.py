@@ -876,8 +876,7 @@ def _status_filter(op: str, status: int, key: str) -> dict[str, Any]:
 #: Messages for local replies whose filter leaves the body empty (REST JSON ``message``, and
 #: ``grpc-message`` for native gRPC clients).
 LOCAL_REPLY_MESSAGES: Mapping[int, str] = {
-    429: "too many requests: the rate limit for this kind of call is used up; retry after the number "
-         "of seconds in the Retry-After header",
+    429: ratelimit_rules.REFUSED_MESSAGE,
 }
 
 

@@ -59,6 +59,11 @@ DEFAULT_RATE_LIMITS: Mapping[str, Any] = {
 }
 
 
+#: What a refused call is told, whichever tier refused it (Envoy's local reply or a service).
+REFUSED_MESSAGE = ("too many requests: the rate limit for this kind of call is used up; retry after the number "
+                   "of seconds in the Retry-After header")
+
+
 class RulesError(ValueError):
     """Bad ``SENTINEL_RATE_LIMITS``: the message names the key."""
 

@@ -28,10 +28,7 @@ from sentinel.platform.auth import PLATFORM_TENANT_ID
 from sentinel.platform.calls import Call
 from sentinel.platform.errors import ResourceExhausted
 from sentinel.ratelimit.limiter import Limiter
-from sentinel.ratelimit.rules import class_of
-
-MESSAGE = "too many requests: the rate limit for this kind of call is used up; retry after the number of " \
-          "seconds in the Retry-After header"
+from sentinel.ratelimit.rules import REFUSED_MESSAGE, class_of
 
 
 class RateLimitInterceptor:
@@ -50,7 +47,7 @@ class RateLimitInterceptor:
         headers = decision.headers()
         if decision.over_limit:
             refused = next(c for c in decision.counted if c.over)
-            raise ResourceExhausted(MESSAGE, retry_after_seconds=float(headers["retry-after"]),
+            raise ResourceExhausted(REFUSED_MESSAGE, retry_after_seconds=float(headers["retry-after"]),
                                     reason="RATE_LIMITED", headers=headers,
                                     metadata={"tier": refused.tier, "class": refused.klass,
                                               "limit": str(refused.limit)})
