@@ -19,8 +19,10 @@ def _serve(ns: argparse.Namespace) -> int:
 
 
 def _worker(ns: argparse.Namespace) -> int:
+    from redis import Redis
+
     from sentinel.platform import logging as json_logging
-    from sentinel.platform import metrics, redis_metrics, tracing
+    from sentinel.platform import probes, redis_metrics, tracing
     from sentinel.platform.config import get_settings
     from sentinel.scheduler import periodic, queue
 
@@ -29,8 +31,11 @@ def _worker(ns: argparse.Namespace) -> int:
     tracing.setup("worker", settings)
     redis_metrics.instrument("worker")
     periodic.validate_schedules(settings)
-    if settings.worker_metrics_port:
-        metrics.serve_metrics(settings.metrics_host, settings.worker_metrics_port)
+    # Ready when its queue (Redis) answers, asked with short timeouts (huey's own pool has none).
+    redis_probe = Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=1.0,
+                                 socket_connect_timeout=1.0)
+    probes.serve(settings.metrics_host, settings.worker_metrics_port,
+                 probes.SyncProbes("worker", [probes.sync_check("redis", redis_probe.ping)]))
     queue.run_consumer(settings)
     tracing.shutdown()
     return 0

@@ -7,19 +7,25 @@ parameters come from configuration, so the code path is the production one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import subprocess
 import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
 import pytest
+import yaml
 from sentinel.common.v1 import common_pb2
-from sentinel.devstack.stack import Stack, temporary_stack
+from sentinel.devstack.stack import Stack, free_port, temporary_stack
+from sentinel.gateway import envoy as gw
 from sentinel.platform.apikeys import grantable_scopes
 from sentinel.tenant.v1 import tenant_service_pb2 as tsp
 from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
@@ -75,6 +81,9 @@ def stack() -> Iterator[Stack]:
         # never straddles a window boundary.
         "SENTINEL_RATE_LIMITS": json.dumps(RATE_LIMITS),
         "SENTINEL_RATE_LIMIT_CACHE_SECONDS": "0.5",
+        # The suite shares two cores and one disk with Postgres: a Redis reply held up by an AOF
+        # fsync must not make the limiter fail open mid-test (production keeps 0.25 s).
+        "SENTINEL_RATE_LIMIT_REDIS_TIMEOUT_SECONDS": "3",
     }
     # Two user-service instances behind Envoy, so every REST test goes through its load balancing
     # (test_gateway_failover.py kills and restarts the second one, "user-2"). Peers and the
@@ -270,3 +279,35 @@ async def world(stack: Any, kernel_db: None) -> AsyncIterator[World]:
     yield World(admin, a, b, channels)
     for ch in channels.values():
         await ch.close()
+
+
+@contextlib.contextmanager
+def second_envoy(stack: Stack, tmp: Path, edit: Callable[[dict[str, Any]], None] | None = None) -> Iterator[str]:
+    """Another Envoy on the stack's generated config (own ports; ``edit`` may change it further),
+    in front of the same services."""
+    config = yaml.safe_load((stack.data_dir / "gateway" / "envoy.yaml").read_text())
+    if edit is not None:
+        edit(config)
+    port, admin = free_port(), free_port()
+    config["admin"]["address"]["socket_address"]["port_value"] = admin
+    config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = port
+    conf = tmp / "envoy2.yaml"
+    conf.write_text(yaml.safe_dump(config))
+    log = (tmp / "envoy2.log").open("w")
+    proc = subprocess.Popen([str(stack.bins.envoy), *gw.envoy_args(conf, log_level="warn")],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://{stack.host}:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (tmp / "envoy2.log").read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://{stack.host}:{admin}/ready", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "second Envoy not ready"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()

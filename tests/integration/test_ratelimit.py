@@ -22,14 +22,12 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-import yaml
 from sentinel.devstack.stack import Stack, free_port
-from sentinel.gateway import envoy as gw
 from sentinel.platform import apikeys
 from sentinel.user.v1 import user_service_pb2 as usp
 from sentinel.user.v1 import user_service_pb2_grpc as usg
 
-from tests.integration.conftest import PASSWORD, RATE_LIMITS
+from tests.integration.conftest import PASSWORD, RATE_LIMITS, second_envoy
 
 pytestmark = pytest.mark.integration
 
@@ -279,35 +277,6 @@ def test_native_grpc_gets_resource_exhausted(stack: Stack, admin_headers: dict[s
 
 
 # --------------------------------------------------------------------------- several Envoys, failure
-
-
-@contextlib.contextmanager
-def second_envoy(stack: Stack, tmp: Path) -> Iterator[str]:
-    """Another Envoy on the stack's generated config (own ports), in front of the same services."""
-    config = yaml.safe_load((stack.data_dir / "gateway" / "envoy.yaml").read_text())
-    port, admin = free_port(), free_port()
-    config["admin"]["address"]["socket_address"]["port_value"] = admin
-    config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = port
-    conf = tmp / "envoy2.yaml"
-    conf.write_text(yaml.safe_dump(config))
-    log = (tmp / "envoy2.log").open("w")
-    proc = subprocess.Popen([str(stack.bins.envoy), *gw.envoy_args(conf, log_level="warn")],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://{stack.host}:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, (tmp / "envoy2.log").read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://{stack.host}:{admin}/ready", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "second Envoy not ready"
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 def test_limits_hold_across_envoy_instances(stack: Stack, admin_headers: dict[str, str], tmp_path: Path) -> None:

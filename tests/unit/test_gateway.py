@@ -161,7 +161,8 @@ def test_render_checks_upstreams_and_derives_jwks() -> None:
     tenant = next(c for c in out["static_resources"]["clusters"] if c["name"] == "tenant")
     assert tenant["type"] == "STRICT_DNS"
     names = [f["name"] for f in _hcm(out)["http_filters"]]
-    assert names == ["envoy.filters.http.cors", "sentinel.strict_json", "envoy.filters.http.grpc_json_transcoder",
+    assert names == ["envoy.filters.http.cors", "sentinel.strict_json", "sentinel.probe.healthz",
+                     "sentinel.probe.readyz", "envoy.filters.http.grpc_json_transcoder",
                      "envoy.filters.http.jwt_authn", "envoy.filters.http.buffer", "envoy.filters.http.router"]
     https = gw.render(gw.GatewayConfig(upstreams=gw.DEV_UPSTREAMS, descriptor_set_path=Path("/x.pb"),
                                        jwks_uri="https://id.example.com/jwks"))
@@ -726,3 +727,17 @@ async def test_reads_survive_losing_one_of_two_instances(tmp_path: Path) -> None
     # The reads cut or refused by the stopped instance were retried (on the other one), none dropped.
     assert counts["cluster.tenant.upstream_rq_retry"] > 0, stats
     assert counts["cluster.tenant.upstream_rq_retry_overflow"] == 0, stats
+
+
+def test_probe_filters_answer_get_only_and_need_a_healthy_host_per_service() -> None:
+    filters = {f["name"]: f["typed_config"] for f in _hcm(gw.render(gw.dev_config()))["http_filters"]}
+    live, ready = filters["sentinel.probe.healthz"], filters["sentinel.probe.readyz"]
+    for probe, path in ((live, "/healthz"), (ready, "/readyz")):
+        assert probe["pass_through_mode"] is False
+        assert {"name": ":path", "string_match": {"exact": path}} in probe["headers"]
+        assert any(h["name"] == ":method" for h in probe["headers"])
+    assert "cluster_min_healthy_percentages" not in live  # liveness asks nothing of the services
+    shares = ready["cluster_min_healthy_percentages"]
+    assert set(shares) == set(gw.BACKENDS)
+    # Envoy truncates the share to whole percent: anything below 1 would always pass.
+    assert all(v["value"] >= 1 and v["value"] == int(v["value"]) for v in shares.values())

@@ -224,6 +224,11 @@ class Stack:
     def metrics_url(self, name: str) -> str:
         return f"http://{self.host}:{self.ports.metrics[name]}/metrics"
 
+    def probe_url(self, name: str, probe: str = "readyz") -> str:
+        """``/healthz`` or ``/readyz`` of a service instance (``user``, ``user-2``) or of ``worker``."""
+        port = self.ports.worker_metrics if name == "worker" else self.ports.metrics[name]
+        return f"http://{self.host}:{port}/{probe}"
+
     def pid(self, name: str) -> int:
         for p in self.procs:
             if p.name == name:
@@ -524,7 +529,7 @@ class Stack:
         env = {**self.service_env(), "SENTINEL_WORKER_METRICS_PORT": str(self.ports.worker_metrics),
                "SENTINEL_AUDIT_PUBLIC_KEY_FILE": str(sorted((self.audit_keys_dir / "public").glob("*.pub.pem"))[-1])}
         proc = self._spawn("worker", [sys.executable, "-m", "sentinel", "worker"], env=env)
-        self._wait(lambda: self._http_ok(self.worker_metrics_url), proc, timeout, "job worker")
+        self._wait(lambda: self._http_ok(self.probe_url("worker")), proc, timeout, "job worker")
 
     @property
     def worker_metrics_url(self) -> str:

@@ -56,6 +56,11 @@ EDGE_TRACKED_ADDRESSES = 100_000
 EDGE_POLICY_HEADER = "x-sentinel-edge-policy"
 MAX_REGEX_PROGRAM_SIZE = 10_000
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+#: The edge's own HTTP probes, answered by Envoy (``health_check`` filter): live while it runs;
+#: ready while it is not draining and every service has at least one healthy instance.
+LIVENESS_PATH = "/healthz"
+READINESS_PATH = "/readyz"
+UNREADY_MESSAGE = "not ready: a service has no instance passing its health check, or Envoy is draining"
 
 #: The API description at the edge (public, GET/HEAD only), served by Envoy itself from the files
 #: :func:`sentinel.gateway.openapi.write_docs` puts in ``GatewayConfig.docs_dir``.
@@ -151,6 +156,7 @@ local function edge_rate_limit(headers)
 end
 function envoy_on_response(handle)
   local headers = handle:headers()
+  headers:remove("x-envoy-upstream-healthchecked-cluster")  -- the probes' internal cluster name
   edge_rate_limit(headers)
   local ctype = headers:get("content-type")
   if ctype and string.find(string.lower(ctype), "^%s*application/grpc") then return end
@@ -815,6 +821,26 @@ def address_limit_filters(rules: ratelimit_rules.Rules) -> list[dict[str, Any]]:
     return filters
 
 
+def probe_filters() -> list[dict[str, Any]]:
+    """``GET /healthz`` and ``GET /readyz`` answered by Envoy itself, before any other filter
+    (no token, no transcoding, no rate limit). Readiness reads the active health checks: below
+    the minimum share of healthy hosts in any backend cluster (i.e. none) it answers 503, as it
+    does while Envoy drains."""
+    def probe(name: str, path: str, clusters: Mapping[str, float]) -> dict[str, Any]:
+        config: dict[str, Any] = {"pass_through_mode": False, "headers": [
+            {"name": ":path", "string_match": {"exact": path}},
+            {"name": ":method", "string_match": {"safe_regex": {"regex": "^(GET|HEAD)$"}}}]}
+        if clusters:
+            config["cluster_min_healthy_percentages"] = {c: {"value": v} for c, v in clusters.items()}
+        return {"name": f"sentinel.probe.{name}",
+                "typed_config": _any("envoy.extensions.filters.http.health_check.v3.HealthCheck", **config)}
+
+    # Any healthy host is enough. Envoy truncates the share to whole percent (0.5 would be 0, which
+    # always passes), so 1 %: one healthy host of up to 100 per service.
+    return [probe("healthz", LIVENESS_PATH, {}),
+            probe("readyz", READINESS_PATH, dict.fromkeys(BACKENDS, 1.0))]
+
+
 def _http_filters(cfg: GatewayConfig, *, address_limits: bool = True) -> list[dict[str, Any]]:
     filters: list[dict[str, Any]] = []
     if cfg.cors_allowed_origins:
@@ -825,6 +851,8 @@ def _http_filters(cfg: GatewayConfig, *, address_limits: bool = True) -> list[di
     # filter refuses them with 400 while the body is still JSON, so it runs just before it.
     filters.append(strict_json.lua_filter(max_body_bytes=cfg.max_request_bytes, local_reply_json=True,
                                           extra_source=REST_RESPONSE_LUA))
+    # After the Lua filter, whose response side strips the probes' internal header.
+    filters += probe_filters()
     # Transcoder before jwt_authn: it rewrites REST to the gRPC path, so the JWT rules and
     # the routes see one path per RPC whatever the protocol.
     filters.append(_transcoder_filter(cfg))
@@ -888,7 +916,12 @@ def _local_reply_config(tls: bool) -> dict[str, Any]:
     matchers = [(_status_filter("EQ", status, str(status)), code, LOCAL_REPLY_MESSAGES.get(status))
                 for status, code in LOCAL_REPLY_GRPC_CODES.items()]
     matchers.append((_status_filter("GE", 400, "other"), UNKNOWN_GRPC_CODE, None))
-    mappers: list[dict[str, Any]] = []
+    # The readiness probe's 503 says why (Envoy's own reply has no body).
+    unready = {"and_filter": {"filters": [_status_filter("EQ", 503, "readyz"), {"header_filter": {
+        "header": {"name": ":path", "string_match": {"exact": READINESS_PATH}}}}]}}
+    mappers: list[dict[str, Any]] = [{"filter": unready, "body_format_override": _local_reply_body(14),
+                                      "headers_to_add": _security_headers(tls),
+                                      "body": {"inline_string": UNREADY_MESSAGE}}]
     for status_filter, code, message in matchers:
         mapper: dict[str, Any] = {
             "filter": {"and_filter": {"filters": [status_filter, _REST_REQUEST_FILTER]}},

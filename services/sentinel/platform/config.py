@@ -116,6 +116,8 @@ class Settings(BaseSettings):
     rate_limits_enabled: bool = True
     # How long a tenant's plan is reused before it is read again.
     rate_limit_cache_seconds: float = Field(default=30.0, ge=0)
+    # A limiter call to Redis slower than this fails open (admitted, counted as an error) for 1 s.
+    rate_limit_redis_timeout_seconds: float = Field(default=0.25, gt=0, le=10)
 
     # --- invitations: how long an invitation token stays valid (and again after each resend)
     invitation_ttl_hours: float = Field(default=72.0, gt=0)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
+from redis.asyncio import Redis
 from sqlalchemy import text
 
 from sentinel.common.v1 import common_pb2, common_pb2_grpc
@@ -55,6 +56,14 @@ def database_check() -> Check:
         return SERVING, ""
 
     return lambda: _timed("database", probe)
+
+
+def redis_check(redis: Redis) -> Check:
+    async def probe() -> tuple[common_pb2.ServingStatus.ValueType, str]:
+        await redis.ping()
+        return SERVING, ""
+
+    return lambda: _timed("redis", probe)
 
 
 SHALLOW = ("x-sentinel-health", "shallow")

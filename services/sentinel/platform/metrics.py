@@ -10,7 +10,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 # Buckets include 1.0 exactly: the latency SLO is "P95 < 1 s" (exposed as le="1.0").
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -41,9 +41,3 @@ def watch_pool(service: str, engine: Any) -> None:
 
 def _at_least_zero(read: Callable[[], float]) -> float:
     return max(float(read()), 0.0)  # QueuePool.overflow() is negative until the pool is full
-
-
-def serve_metrics(host: str, port: int) -> None:
-    """Expose /metrics on a background thread (prometheus-client's own HTTP server)."""
-    if port:
-        start_http_server(port, addr=host)

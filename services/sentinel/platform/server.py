@@ -1,8 +1,8 @@
 """grpc.aio server bootstrap shared by every service.
 
 Builds the server with the interceptor chain (behind the tracing interceptor when tracing is on),
-``grpc.health.v1``, reflection, the public HealthService and a Prometheus endpoint; drains
-gracefully on SIGTERM/SIGINT.
+``grpc.health.v1``, reflection, the public HealthService and an HTTP endpoint (``/metrics``,
+``/healthz``, ``/readyz``); drains gracefully on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from sentinel.platform import auditlog, clients, contracts, db, kv, metrics, out
 from sentinel.platform import logging as json_logging
 from sentinel.platform.auth import TokenVerifier
 from sentinel.platform.config import Settings, get_settings
-from sentinel.platform.health import HealthApi, SelfStatus, database_check, peer_check
+from sentinel.platform.health import HealthApi, SelfStatus, database_check, peer_check, redis_check
 from sentinel.platform.interceptors import default_chain
 from sentinel.platform.pagination import PageTokens
+from sentinel.platform.probes import LoopProbes
+from sentinel.platform.probes import serve as serve_http
 from sentinel.platform.service_identity import ServiceTokens, ServiceVerifier
 from sentinel.ratelimit import rules as ratelimit_rules
 from sentinel.ratelimit.limiter import Limiter, redis_client
@@ -115,7 +117,8 @@ def rate_limiter(settings: Settings) -> Limiter | None:
     if not url:
         log.warning("no SENTINEL_REDIS_URL: tenant and principal rate limits are off")
         return None
-    return Limiter(limits, redis_client(url), cache_seconds=settings.rate_limit_cache_seconds)
+    return Limiter(limits, redis_client(url, settings.rate_limit_redis_timeout_seconds),
+                   cache_seconds=settings.rate_limit_cache_seconds)
 
 
 async def build_server(spec: ServiceSpec, runtime: Runtime) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
@@ -163,8 +166,11 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
                 poll_seconds=settings.audit_outbox_poll_seconds), name="audit-outbox"))
     server, health_servicer = await build_server(spec, runtime)
     metrics.BUILD_INFO.labels(spec.name, settings.version).set(1)
-    metrics.serve_metrics(settings.metrics_host, settings.resolved_metrics_port)
     redis = kv.client(settings)
+    probes = LoopProbes(spec.name, asyncio.get_running_loop(),
+                        required=[database_check()] if spec.needs_database else [],
+                        optional=[redis_check(redis)] if redis is not None else [])
+    serve_http(settings.metrics_host, settings.resolved_metrics_port, probes)
     read_tenants = revocation.read_blocked_tenants if spec.needs_database else None
     if read_tenants is not None:  # blocked tenants are known before the first call, Redis or not
         await revocation.tenants.reload(read_tenants)
@@ -191,6 +197,7 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
 
     # Drain: tell load balancers first, then let in-flight calls finish.
     log.info("draining")
+    probes.draining = True
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=10)
     for task in tasks:  # the outbox keeps what it has not sent; the next start sends it

@@ -84,9 +84,9 @@ return out
 REDIS_BACKOFF_SECONDS = 1.0
 
 
-def redis_client(url: str) -> Redis:
+def redis_client(url: str, timeout: float = 0.25) -> Redis:
     """Short timeouts and no retries: a slow Redis must not hold calls; the limiter fails open."""
-    return Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25, retry=Retry(NoBackoff(), 0),
+    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
                           health_check_interval=30)
 
 
