@@ -154,3 +154,22 @@ async def test_forged_tokens_are_refused_by_services_directly(stack: Any, http: 
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.ListUsers(usp.ListUsersRequest(), metadata=(("authorization", f"Bearer {token}"),))
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, kind
+
+
+def test_the_edge_refuses_a_token_once_it_expires_though_it_verified_it_before(
+        stack: Any, http: httpx.Client, admin: dict[str, str]) -> None:
+    """Envoy caches verified tokens (jwt_cache_config): the cache must not outlive the expiry."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    real = admin["authorization"].split()[1]
+    kid = jwt.get_unverified_header(real)["kid"]
+    key = load_pem_private_key((stack.keys_dir / f"{kid}.key.pem").read_bytes(), password=None)
+    claims = jwt.decode(real, options={"verify_signature": False})
+    now = int(time.time())
+    short = jwt.encode({**claims, "iat": now, "exp": now + 2}, key, algorithm="EdDSA", headers={"kid": kid})
+    headers = {"authorization": f"Bearer {short}"}
+    assert http.get("/api/v1/users/me", headers=headers).status_code == 200  # verified, now cached
+    time.sleep(2 + 5 + 1.5)  # past the expiry and the edge's 5 s clock skew
+    r = http.get("/api/v1/users/me", headers=headers)
+    assert r.status_code == 401, r.text
+    assert r.json()["message"] == "Jwt is expired"  # refused by Envoy, not only by the service

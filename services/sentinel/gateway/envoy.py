@@ -49,6 +49,10 @@ DEV_UPSTREAMS: Mapping[str, str] = {
 }
 
 JWT_PROVIDER = "sentinel"
+#: Verified tokens each Envoy worker remembers (least recently used dropped first), and the
+#: longest token it keeps (ours are ~600 bytes; longer ones are verified every time).
+JWT_CACHE_SIZE = 10_000
+JWT_CACHE_MAX_TOKEN_BYTES = 4096
 JWKS_CLUSTER = "jwks"
 #: Client addresses each Envoy keeps a rate-limit bucket for (least recently seen dropped first).
 EDGE_TRACKED_ADDRESSES = 100_000
@@ -714,6 +718,10 @@ def _jwt_filter(cfg: GatewayConfig) -> dict[str, Any]:
         "forward": True,
         # For the access log (tenant and subject of every call).
         "payload_in_metadata": "jwt_payload",
+        # A client sends the same token for its ~10 minutes: Envoy verifies its signature once per
+        # worker and then checks only the cached result and the expiry (a token is still dropped
+        # from the cache when it expires). The services verify every call anyway, revocation included.
+        "jwt_cache_config": {"jwt_cache_size": JWT_CACHE_SIZE, "jwt_max_token_size": JWT_CACHE_MAX_TOKEN_BYTES},
         "remote_jwks": {
             "http_uri": {"uri": uri, "cluster": JWKS_CLUSTER, "timeout": "2s"},
             "cache_duration": "300s",
