@@ -84,3 +84,53 @@ async def test_creates_serialise_on_the_tenant_lock(world: World, pg_stack: Any)
         await asyncio.wait_for(pending, 10)
     finally:
         await conn.close()
+
+
+async def quota_events(world: World, tenant_id: str) -> list[Any]:
+    from sentinel.audit.v1 import audit_service_pb2 as asp
+    from sentinel.audit.v1 import audit_service_pb2_grpc as asg
+
+    from tests.integration.conftest import audit_settled
+
+    await audit_settled()
+    page = await asg.AuditServiceStub(world.channels["audit"]).ListAuditEvents(asp.ListAuditEventsRequest(
+        tenant_id=tenant_id, page_size=50, order=asp.SORT_ORDER_OLDEST_FIRST,
+        filter=asp.AuditFilter(action="tenant.quota_threshold")), metadata=world.admin.metadata)
+    return list(page.events)
+
+
+async def quota_counter(stack: Any, threshold: int) -> float:
+    series = f'sentinel_plan_quota_thresholds_total{{resource="users",threshold="{threshold}"}} '
+    total = 0.0
+    async with httpx.AsyncClient(timeout=5) as http:
+        for name in stack.instance_names("user"):  # summed over the user-service instances
+            body = (await http.get(stack.metrics_url(name))).text
+            total += sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith(series))
+    return total
+
+
+async def test_reaching_80_and_100_percent_of_a_limit_is_recorded_once(world: World, stack: Any) -> None:
+    from google.protobuf import json_format
+    from sentinel.platform.auth import PLATFORM_TENANT_ID
+
+    tenant_id = await standard_tenant(world)
+    full_before = await quota_counter(stack, 100)
+    await create(world, tenant_id, 0)
+    await create(world, tenant_id, 1)
+    assert await quota_events(world, tenant_id) == []  # 2 of 3: below 80 % (which is 3 users here)
+    await create(world, tenant_id, 2)
+    events = await quota_events(world, tenant_id)
+    diffs = [json_format.MessageToDict(e.diff) for e in events]
+    assert sorted(d["threshold_percent"] for d in diffs) == [80, 100]
+    assert all(d["resource"] == "users" and d["plan"] == "standard" and d["used"] == 3 and d["limit"] == 3
+               for d in diffs), diffs
+    assert all(e.target.type == "tenant" and e.target.id == tenant_id and e.actor.id == "plan-limits"
+               for e in events)
+    # A refused create crosses nothing again.
+    with pytest.raises(grpc.aio.AioRpcError):
+        await create(world, tenant_id, 3)
+    assert len(await quota_events(world, tenant_id)) == 2
+    # The tenant's trail holds them, no other's (the platform's included).
+    assert tenant_id not in {e.target.id for e in await quota_events(world, str(PLATFORM_TENANT_ID))}
+    # Operators count them.
+    assert await quota_counter(stack, 100) == full_before + 1

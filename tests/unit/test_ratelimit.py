@@ -165,3 +165,4 @@ def test_exempt_networks_get_a_chain_without_address_limits() -> None:
     assert [f["name"] for f in _hcm_filters(cfg, chain=1)] == [
         f["name"] for f in _hcm_filters(cfg) if not f["name"].startswith("sentinel.edge_rate_limit.")]
     assert len(gw.render(gw.dev_config())["static_resources"]["listeners"][0]["filter_chains"]) == 1
+

@@ -2,26 +2,57 @@
 
 The count and the insert that follows are serialised per tenant and resource by a
 transaction-scoped advisory lock, so concurrent creates cannot overshoot the limit.
+
+A create that brings a tenant to 80 % or 100 % of a limit records a ``tenant.quota_threshold``
+event in the tenant's own audit trail, in the same transaction (its admins can query, stream and
+export it), and counts it in ``sentinel_plan_quota_thresholds_total`` for operators (no tenant
+label: which tenant is in the event). It fires once per crossing: when the usage goes from below
+the threshold to at or above it. No copy goes to the platform's trail: the transaction is bound to
+the tenant, and RLS refuses it a row of another tenant.
 """
 
 from __future__ import annotations
 
+import math
+import uuid
 from typing import Any
 
+from prometheus_client import Counter
 from sqlalchemy import Select, text
 
-from sentinel.platform import db
+from sentinel.platform import auditlog, db
 from sentinel.platform.errors import NotFound, ResourceExhausted
 
-_PLAN = text("SELECT plan FROM tenants WHERE id = sentinel_tenant_id()")
+_PLAN = text("SELECT id, plan FROM tenants WHERE id = sentinel_tenant_id()")
+
+#: Shares of a plan limit (percent) whose crossing is recorded.
+THRESHOLDS = (80, 100)
+QUOTA_ACTION = "tenant.quota_threshold"
+QUOTA_ACTOR = "plan-limits"
+
+THRESHOLDS_REACHED = Counter("sentinel_plan_quota_thresholds",
+                             "Creates that brought a tenant to a share of a plan limit.", ["resource", "threshold"])
+for _resource in ("users", "api_keys"):  # every series from the start (``metric_name`` of each resource)
+    for _t in THRESHOLDS:
+        THRESHOLDS_REACHED.labels(_resource, str(_t))
+
+
+def metric_name(resource: str) -> str:
+    return resource.lower().replace(" ", "_")
+
+
+def crossed(limit: int, have: int, adding: int) -> list[int]:
+    """The thresholds that ``have`` → ``have + adding`` reaches for the first time."""
+    return [t for t in THRESHOLDS if have < math.ceil(limit * t / 100) <= have + adding]
 
 
 async def enforce_plan_limit(session: Any, limits: dict[str, int], *, resource: str, count: Select[Any],
                              reason: str, adding: int = 1) -> None:
     """Refuse with RESOURCE_EXHAUSTED when ``adding`` more would exceed the bound tenant's plan."""
-    plan = await session.scalar(_PLAN)
-    if plan is None:
+    row = (await session.execute(_PLAN)).one_or_none()
+    if row is None:
         raise NotFound("the tenant was not found", reason="TENANT_NOT_FOUND")
+    tenant_id, plan = row
     limit = limits.get(plan)
     if limit is None:
         return
@@ -30,3 +61,16 @@ async def enforce_plan_limit(session: Any, limits: dict[str, int], *, resource: 
     if have + adding > limit:
         raise ResourceExhausted(f"the tenant's plan '{plan}' allows {limit} {resource} and it has {have}; "
                                 f"remove {resource} or change the plan", reason=reason)
+    for threshold in crossed(limit, have, adding):
+        THRESHOLDS_REACHED.labels(metric_name(resource), str(threshold)).inc()
+        if auditlog.enabled:
+            await _record_threshold(session, tenant_id, resource=resource, plan=plan, limit=limit,
+                                    used=have + adding, threshold=threshold)
+
+
+async def _record_threshold(session: Any, tenant_id: uuid.UUID, *, resource: str, plan: str, limit: int,
+                            used: int, threshold: int) -> None:
+    diff = {"resource": metric_name(resource), "plan": plan, "limit": limit, "used": used,
+            "threshold_percent": threshold}
+    await auditlog.write(session, [auditlog.system_event(tenant_id, QUOTA_ACTION, actor=QUOTA_ACTOR,
+                                                         target=("tenant", str(tenant_id)), diff=diff)])
