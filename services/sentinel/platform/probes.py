@@ -111,19 +111,18 @@ class SyncProbes:
     def __init__(self, service: str, checks: Sequence[Callable[[], Component]]) -> None:
         self.service = service
         self.checks = list(checks)
-        self.draining = False
 
     def live(self) -> Answer:
         return 200, {"status": "ok", "service": self.service}
 
     def ready(self) -> Answer:
-        return readiness(self.service, [check() for check in self.checks], draining=self.draining)
+        return readiness(self.service, [check() for check in self.checks])
 
 
 Probes = LoopProbes | SyncProbes
 
 
-def sync_check(name: str, probe: Callable[[], object], *, required: bool = True) -> Callable[[], Component]:
+def sync_check(name: str, probe: Callable[[], object]) -> Callable[[], Component]:
     def check() -> Component:
         start = time.perf_counter()
         try:
@@ -131,7 +130,7 @@ def sync_check(name: str, probe: Callable[[], object], *, required: bool = True)
             ok, detail = True, ""
         except Exception as exc:
             ok, detail = False, f"{type(exc).__name__}: {exc}"[:200]
-        return Component(name, ok, detail, round(time.perf_counter() - start, 6), required)
+        return Component(name, ok, detail, round(time.perf_counter() - start, 6))
 
     return check
 

@@ -14,7 +14,6 @@ the tenant, and RLS refuses it a row of another tenant.
 from __future__ import annotations
 
 import math
-import uuid
 from typing import Any
 
 from prometheus_client import Counter
@@ -61,16 +60,12 @@ async def enforce_plan_limit(session: Any, limits: dict[str, int], *, resource: 
     if have + adding > limit:
         raise ResourceExhausted(f"the tenant's plan '{plan}' allows {limit} {resource} and it has {have}; "
                                 f"remove {resource} or change the plan", reason=reason)
+    events = []
     for threshold in crossed(limit, have, adding):
         THRESHOLDS_REACHED.labels(metric_name(resource), str(threshold)).inc()
-        if auditlog.enabled:
-            await _record_threshold(session, tenant_id, resource=resource, plan=plan, limit=limit,
-                                    used=have + adding, threshold=threshold)
-
-
-async def _record_threshold(session: Any, tenant_id: uuid.UUID, *, resource: str, plan: str, limit: int,
-                            used: int, threshold: int) -> None:
-    diff = {"resource": metric_name(resource), "plan": plan, "limit": limit, "used": used,
-            "threshold_percent": threshold}
-    await auditlog.write(session, [auditlog.system_event(tenant_id, QUOTA_ACTION, actor=QUOTA_ACTOR,
-                                                         target=("tenant", str(tenant_id)), diff=diff)])
+        diff = {"resource": metric_name(resource), "plan": plan, "limit": limit, "used": have + adding,
+                "threshold_percent": threshold}
+        events.append(auditlog.system_event(tenant_id, QUOTA_ACTION, actor=QUOTA_ACTOR,
+                                            target=("tenant", str(tenant_id)), diff=diff))
+    if events and auditlog.enabled:  # both thresholds at once (an import, a small limit): one insert
+        await auditlog.write(session, events)
