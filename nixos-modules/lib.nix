@@ -50,6 +50,13 @@ rec {
   ];
   userOf = account: "sentinel-${account}";
   group = "sentinel";
+  # Who holds the per-tenant data keys: the worker seals results and destroys keys, the scheduler
+  # service opens results for download.
+  dataKeysGroup = "sentinel-data-keys";
+  dataKeyAccounts = [
+    "scheduler"
+    "worker"
+  ];
 
   # Instance n of a service, as `sentinel up` names it: `user`, `user-2`, `user-3`, ...
   instanceName = service: n: if n == 1 then service else "${service}-${toString n}";

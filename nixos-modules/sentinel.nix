@@ -177,6 +177,8 @@ let
       fi
     ''}
     install -d -m 0755 ${keys}/jwt/public ${keys}/services/public ${keys}/audit/public
+    # setgid: keys the worker makes stay in the group, so the scheduler can read them.
+    install -d -m 2770 -o root -g ${sl.dataKeysGroup} ${cfg.dataKeys.directory}
     find ${keys} -path '*/public/*.pub.pem' -exec chmod 0644 {} +
     find ${keys} -name '*.key.pem' -not -path '*/public/*' -exec chmod 0600 {} +
     # The user service reads its signing keys itself (rotation without a restart); the other
@@ -377,6 +379,17 @@ in
       '';
     };
 
+    dataKeys.directory = mkOption {
+      type = types.path;
+      default = "${sl.stateDir}/data-keys";
+      description = ''
+        Per-tenant data keys (`<tenant-id>.key`): job results (exports) are sealed with them, and
+        the tenant purge destroys them (docs/offboarding.md). Group `${sl.dataKeysGroup}` (the worker
+        writes, the scheduler reads). Keep it out of the database's backups: a backup holds only
+        ciphertext, which a destroyed key makes unreadable.
+      '';
+    };
+
     signingKeys = {
       directory = mkOption {
         type = types.path;
@@ -546,9 +559,11 @@ in
     environment.systemPackages = [ cfg.package ];
 
     users.groups.${sl.group} = { };
+    users.groups.${sl.dataKeysGroup} = { };
     users.users = lib.genAttrs (map sl.userOf sl.accounts) (name: {
       isSystemUser = true;
       group = sl.group;
+      extraGroups = lib.optional (lib.elem name (map sl.userOf sl.dataKeyAccounts)) sl.dataKeysGroup;
       description = "Sentinel (${lib.removePrefix "sentinel-" name})";
     });
 

@@ -170,6 +170,9 @@ let
       // optionalAttrs (i.service == "audit") {
         SENTINEL_AUDIT_SIGNING_KEY_FILE = "%d/${d.auditKeyName}";
       }
+      // optionalAttrs (i.service == "scheduler") {
+        SENTINEL_DATA_KEY_DIR = cfg.dataKeys.directory; # reads only: opens results for download
+      }
       // rateLimitsEnvironment;
       credentials = [
         "${key}:${keys}/services/${key}"
@@ -246,8 +249,11 @@ in
         environment = {
           SENTINEL_WORKER_METRICS_PORT = toString cfg.worker.metricsPort;
           SENTINEL_AUDIT_PUBLIC_KEY_FILE = "${keys}/audit/public/${cfg.signingKeys.auditKeyId}.pub.pem";
+          SENTINEL_DATA_KEY_DIR = cfg.dataKeys.directory;
         };
         serviceConfig = {
+          # Creates tenants' data keys as it seals results, destroys them as it purges tenants.
+          ReadWritePaths = [ cfg.dataKeys.directory ];
           # huey 2.x: SIGINT finishes the running jobs and stops; SIGTERM stops at once.
           KillSignal = "SIGINT";
           TimeoutStopSec = 120;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -240,6 +241,30 @@ def _admin_keygen(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_verify_receipt(ns: argparse.Namespace) -> int:
+    from sentinel.audit import receipts
+    from sentinel.audit.checkpoints import load_public_key
+
+    try:
+        key = load_public_key(ns.public_key) if ns.public_key else None
+        document = json.loads(ns.file.read_text(encoding="utf-8"))
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
+        verdict = receipts.verify(receipts.parse(document), key)
+    except (OSError, ValueError) as e:
+        print(f"sentinel audit verify-receipt: {e}", file=sys.stderr)
+        return 2
+    if not verdict.ok:
+        print(f"INVALID: {verdict.problem}")
+        return 1
+    key_line = (f"data key {verdict.data_key_fingerprint} destroyed" if verdict.data_key_destroyed
+                else "NO data key destroyed (none configured, or the tenant sealed nothing)")
+    signed = "signature checked" if verdict.authenticated else "signature NOT checked (pass --public-key)"
+    print(f"OK: tenant {verdict.tenant_id} purged at {verdict.purge_time}, {verdict.rows_deleted} row(s) deleted, "
+          f"{key_line}; {signed}")
+    return 0
+
+
 def _audit_verify(ns: argparse.Namespace) -> int:
     from sentinel.audit.checkpoints import load_public_key
     from sentinel.audit.ndjson import verify_file
@@ -428,6 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help="NDJSON export (checkpoints, then one event per line in sequence order)")
     p.add_argument("--public-key", type=Path, help="the audit service's public key (PEM) to authenticate checkpoints")
     p.set_defaults(func=_audit_verify)
+    p = audit.add_parser("verify-receipt", help="verify a purge receipt offline (GetPurgeReceipt's JSON)")
+    p.add_argument("file", type=Path, help="the receipt as GET /api/v1/audit/purge-receipt returns it")
+    p.add_argument("--public-key", type=Path, help="the audit service's public key (PEM); without it the "
+                   "signature is NOT checked")
+    p.set_defaults(func=_audit_verify_receipt)
     p = audit.add_parser("export", help="export a tenant's audit chain as NDJSON (operators; database access)")
     p.add_argument("--tenant", required=True, help="tenant slug")
     p.add_argument("-o", "--output", type=Path, required=True, help="file to write")

@@ -80,7 +80,7 @@ in
 // lib.optionalAttrs (failed == [ ]) (plain {
   services = lib.mapAttrs (_: unit) config.systemd.services;
   targets = lib.mapAttrs (_: t: { inherit (t) description wantedBy wants requires; }) config.systemd.targets;
-  users = lib.mapAttrs (_: u: { inherit (u) isSystemUser group description; }) config.users.users;
+  users = lib.mapAttrs (_: u: { inherit (u) isSystemUser group extraGroups description; }) config.users.users;
   groups = builtins.attrNames config.users.groups;
   firewall = config.networking.firewall.allowedTCPPorts;
   systemPackages = config.environment.systemPackages;

@@ -217,6 +217,15 @@ def test_secrets_reach_units_as_credentials(default: dict[str, Any]) -> None:
         ["sentinel-user", "sentinel-user-2"]
     assert units["sentinel-worker"]["environment"]["SENTINEL_AUDIT_PUBLIC_KEY_FILE"] == \
         f"{keys}/audit/public/audit-1.pub.pem"
+    # Data keys: the worker seals and destroys (it may write there), the scheduler opens; no one else.
+    data_keys = "/var/lib/sentinel/data-keys"
+    assert [n for n, u in units.items() if "SENTINEL_DATA_KEY_DIR" in u["environment"]] == \
+        ["sentinel-scheduler", "sentinel-worker"]
+    assert units["sentinel-worker"]["environment"]["SENTINEL_DATA_KEY_DIR"] == data_keys
+    assert units["sentinel-worker"]["serviceConfig"]["ReadWritePaths"] == [data_keys]
+    assert "ReadWritePaths" not in units["sentinel-scheduler"]["serviceConfig"]
+    assert {n for n, u in default["users"].items() if "sentinel-data-keys" in u["extraGroups"]} == \
+        {"sentinel-scheduler", "sentinel-worker"}
     migrate = units["sentinel-migrate"]
     assert migrate["environment"]["SENTINEL_DATABASE_OWNER_URL"] == LOCAL_DB_URL.format(role="sentinel_owner")
     setup = units["sentinel-setup"]["serviceConfig"]["ExecStart"]["text"]
@@ -225,6 +234,7 @@ def test_secrets_reach_units_as_credentials(default: dict[str, Any]) -> None:
     assert f"{SENTINEL} admin keygen {keys}/jwt\n" in setup
     assert f"chown -R sentinel-user:sentinel {keys}/jwt" in setup
     assert "> /run/sentinel/redis-url.tmp" in setup
+    assert f"install -d -m 2770 -o root -g sentinel-data-keys {data_keys}" in setup
 
 
 def test_settings_and_extra_secret_files(evaluate: Evaluate) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from sqlalchemy import Select, func, select, text
 
-from sentinel.audit import checkpoints, store
+from sentinel.audit import checkpoints, receipts, store
 from sentinel.audit.convert import OUTCOME, checkpoint_proto, from_proto, to_proto
 from sentinel.audit.models import AuditEventRow
 from sentinel.audit.v1 import audit_pb2, audit_service_pb2, audit_service_pb2_grpc
@@ -60,6 +60,7 @@ class AuditApi(audit_service_pb2_grpc.AuditServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.page_tokens = runtime.page_tokens
         self.signer = load_signer(runtime)
+        self.checkpoint_seconds = runtime.settings.audit_checkpoint_seconds
 
     async def ListAuditEvents(self, request: pb.ListAuditEventsRequest, context: Context) -> pb.ListAuditEventsResponse:
         call = require_call()
@@ -109,6 +110,13 @@ class AuditApi(audit_service_pb2_grpc.AuditServiceServicer):
             head=audit_pb2.Checkpoint(tenant_id=str(call.tenant_id), sequence=verdict.head_sequence,
                                       hash=verdict.head_hash))
 
+
+    async def GetPurgeReceipt(self, request: pb.GetPurgeReceiptRequest,
+                              context: Context) -> pb.GetPurgeReceiptResponse:
+        call = require_call()
+        assert call.tenant_id is not None
+        receipt = await receipts.build(call.tenant_id, self.checkpoint_seconds)
+        return pb.GetPurgeReceiptResponse(receipt=receipt)
 
     async def AppendEvents(self, request: pb.AppendEventsRequest, context: Context) -> pb.AppendEventsResponse:
         """Link a batch of other services' events onto their tenants' chains (one transaction per

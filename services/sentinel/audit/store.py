@@ -72,7 +72,7 @@ async def append(session: AsyncSession, tenant_id: uuid.UUID, events: Iterable[M
     return rows
 
 
-def _as_event(row: Any) -> dict[str, Any]:
+def as_event(row: Any) -> dict[str, Any]:
     event = dict(row._mapping)
     event["tenant_id"], event["id"] = str(event["tenant_id"]), str(event["id"])
     if isinstance(event["diff"], str):  # jsonb through a textual query
@@ -84,7 +84,7 @@ async def events(tenant_id: uuid.UUID, *, after: int = 0, page: int = 1000) -> A
     """The tenant's chain in sequence order, one page (list) at a time."""
     while True:
         async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
-            rows = [_as_event(r) for r in await session.execute(_PAGE, {"after": after, "limit": page})]
+            rows = [as_event(r) for r in await session.execute(_PAGE, {"after": after, "limit": page})]
         if not rows:
             return
         yield rows

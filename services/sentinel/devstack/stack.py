@@ -172,6 +172,11 @@ class Stack:
     def keys_dir(self) -> Path:
         return self.secrets_dir / "jwt"
 
+    @property
+    def data_keys_dir(self) -> Path:
+        """Per-tenant data keys (sentinel.platform.datakeys): the scheduler, the worker and the CLI."""
+        return self.secrets_dir / "data-keys"
+
     def _secret(self, name: str, make: str | None = None) -> str:
         """Read ``secrets/<name>``, creating it (0600) with a random value on first use."""
         path = self.secrets_dir / name
@@ -443,6 +448,8 @@ class Stack:
             # balances over the instances. (A gRPC target "ipv4:a:p1,b:p2" could list them all.)
             **{f"SENTINEL_{n.upper()}_ADDR": self.service_target(n) for n in SERVICES},
         })
+        if name is None or service_of(name) == "scheduler":  # the worker and the CLI have no name
+            env["SENTINEL_DATA_KEY_DIR"] = str(self.data_keys_dir)
         if name is not None:  # a process name: ``user`` or ``user-2`` both run the user service
             service = service_of(name)
             env["SENTINEL_SERVICE"] = service

@@ -168,6 +168,11 @@ class Settings(BaseSettings):
     # --- Prometheus HTTP API the SLO report and burn-rate watch query
     prometheus_url: str = "http://127.0.0.1:9090"
 
+    # --- per-tenant data keys (sentinel.platform.datakeys): job results are sealed with the tenant's
+    # key and the purge destroys it. A directory on the host, never in (or backed up with) Postgres.
+    # None: results are stored unsealed and a purge receipt says no key was destroyed.
+    data_key_dir: Path | None = None
+
     # --- tenant lifecycle: days between DeleteTenant and the purge (RestoreTenant undoes it until then)
     tenant_deletion_grace_days: float = Field(default=30.0, ge=0)
     # Every service re-reads the non-active tenants from Postgres this often, in case a state

@@ -1,4 +1,4 @@
-"""The ``jobs``, ``job_results`` and ``periodic_runs`` tables (migration 0011)."""
+"""The ``jobs``, ``job_results`` and ``periodic_runs`` tables (migrations 0011, 0012)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ class JobResultRow(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
     content_type: Mapped[str] = mapped_column(String(100))
     content: Mapped[bytes] = mapped_column(LargeBinary)
+    # Sealed with the tenant's data key (sentinel.platform.datakeys); the purge destroys the key.
+    sealed: Mapped[bool] = mapped_column(Boolean, default=False)
     create_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -11,6 +11,7 @@ exponential backoff until ``max_attempts``, then DEAD_LETTER; a bad input fails 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -24,7 +25,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 
-from sentinel.platform import auditlog, db
+from sentinel.platform import auditlog, datakeys, db
 from sentinel.platform.config import Settings
 from sentinel.platform.errors import SentinelError
 from sentinel.scheduler.kinds import KINDS, Context, JobFailed
@@ -102,16 +103,21 @@ async def run(settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID,
         async with asyncio.timeout(claimed.timeout_seconds):
             async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
                 output = await KINDS[kind].run(ctx, session)
-                result = insert(JobResultRow).values(tenant_id=tenant_id, job_id=job_id,
-                                                     content_type=output.content_type, content=output.content)
+                content, sealed = await datakeys.seal_record(settings, tenant_id, "job-result", job_id, output.content)
+                result = insert(JobResultRow).values(tenant_id=tenant_id, job_id=job_id, sealed=sealed,
+                                                     content_type=output.content_type, content=content)
                 await session.execute(result.on_conflict_do_update(
                     index_elements=["tenant_id", "job_id"],
-                    set_={"content": result.excluded.content, "content_type": result.excluded.content_type}))
+                    set_={"content": result.excluded.content, "content_type": result.excluded.content_type,
+                          "sealed": result.excluded.sealed}))
                 done = await session.execute(_SUCCEED, {**where, "summary": json.dumps(output.summary)})
                 if not done.rowcount:  # type: ignore[attr-defined]
                     raise Superseded()
+                # The digest in the tenant's signed chain attests the result: a downloaded export
+                # whose sha256 matches it is the one the platform produced (docs/offboarding.md).
                 await auditlog.write(session, [_event(tenant_id, job_id, kind, attempt, "succeeded",
-                                                      **output.summary)])
+                                                      **output.summary, result_bytes=len(output.content),
+                                                      result_sha256=hashlib.sha256(output.content).hexdigest())])
         outcome = Outcome("succeeded")
     except Superseded:
         outcome = Outcome("superseded")

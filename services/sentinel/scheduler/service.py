@@ -17,7 +17,7 @@ from google.api import httpbody_pb2
 from google.protobuf import json_format, struct_pb2
 from sqlalchemy import select, update
 
-from sentinel.platform import db
+from sentinel.platform import datakeys, db
 from sentinel.platform.calls import require_call
 from sentinel.platform.convert import EnumText, timestamp
 from sentinel.platform.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
@@ -136,7 +136,13 @@ class SchedulerApi(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             result = await session.scalar(select(JobResultRow).where(JobResultRow.job_id == job_id))
         if result is None:
             raise not_found(job_id)
-        return httpbody_pb2.HttpBody(content_type=result.content_type, data=result.content)
+        try:
+            data = await datakeys.open_record(self.settings, result.tenant_id, "job-result", job_id, result.content,
+                                              result.sealed)
+        except datakeys.DataKeyError as e:
+            # The key is gone (the tenant was purged) or the scheduler lacks the key directory.
+            raise FailedPrecondition(f"the result cannot be decrypted: {e}", reason="DATA_KEY_UNAVAILABLE") from None
+        return httpbody_pb2.HttpBody(content_type=result.content_type, data=data)
 
     async def ListPeriodicJobs(self, request: pb.ListPeriodicJobsRequest,
                                context: Context) -> pb.ListPeriodicJobsResponse:

@@ -69,6 +69,11 @@ class AuditServiceStub:
                 request_serializer=sentinel_dot_audit_dot_v1_dot_audit__service__pb2.ListCheckpointsRequest.SerializeToString,
                 response_deserializer=sentinel_dot_audit_dot_v1_dot_audit__service__pb2.ListCheckpointsResponse.FromString,
                 _registered_method=True)
+        self.GetPurgeReceipt = channel.unary_unary(
+                '/sentinel.audit.v1.AuditService/GetPurgeReceipt',
+                request_serializer=sentinel_dot_audit_dot_v1_dot_audit__service__pb2.GetPurgeReceiptRequest.SerializeToString,
+                response_deserializer=sentinel_dot_audit_dot_v1_dot_audit__service__pb2.GetPurgeReceiptResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -124,6 +129,17 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPurgeReceipt(self, request, context):
+        """The signed receipt of a purged tenant (platform administrators name it by tenant_id): its
+        tenant.purge event (rows deleted per table, the destroyed data key's fingerprint) and the
+        signed checkpoint that covers it. Verify offline with `sentinel audit verify-receipt FILE
+        --public-key KEY`. NOT_FOUND while the tenant is not purged; FAILED_PRECONDITION until the
+        audit service has signed a checkpoint at or after the purge (every SENTINEL_AUDIT_CHECKPOINT_SECONDS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +177,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.ListCheckpoints,
                     request_deserializer=sentinel_dot_audit_dot_v1_dot_audit__service__pb2.ListCheckpointsRequest.FromString,
                     response_serializer=sentinel_dot_audit_dot_v1_dot_audit__service__pb2.ListCheckpointsResponse.SerializeToString,
+            ),
+            'GetPurgeReceipt': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPurgeReceipt,
+                    request_deserializer=sentinel_dot_audit_dot_v1_dot_audit__service__pb2.GetPurgeReceiptRequest.FromString,
+                    response_serializer=sentinel_dot_audit_dot_v1_dot_audit__service__pb2.GetPurgeReceiptResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +373,33 @@ class AuditService:
             '/sentinel.audit.v1.AuditService/ListCheckpoints',
             sentinel_dot_audit_dot_v1_dot_audit__service__pb2.ListCheckpointsRequest.SerializeToString,
             sentinel_dot_audit_dot_v1_dot_audit__service__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPurgeReceipt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentinel.audit.v1.AuditService/GetPurgeReceipt',
+            sentinel_dot_audit_dot_v1_dot_audit__service__pb2.GetPurgeReceiptRequest.SerializeToString,
+            sentinel_dot_audit_dot_v1_dot_audit__service__pb2.GetPurgeReceiptResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,13 @@ class AuditServiceStub:
     """Follows new events of the tenant as they are appended."""
     ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.ListCheckpointsRequest, _audit_service_pb2.ListCheckpointsResponse]
     """Lists the signed checkpoints of the tenant's chain."""
+    GetPurgeReceipt: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.GetPurgeReceiptRequest, _audit_service_pb2.GetPurgeReceiptResponse]
+    """The signed receipt of a purged tenant (platform administrators name it by tenant_id): its
+    tenant.purge event (rows deleted per table, the destroyed data key's fingerprint) and the
+    signed checkpoint that covers it. Verify offline with `sentinel audit verify-receipt FILE
+    --public-key KEY`. NOT_FOUND while the tenant is not purged; FAILED_PRECONDITION until the
+    audit service has signed a checkpoint at or after the purge (every SENTINEL_AUDIT_CHECKPOINT_SECONDS).
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -69,6 +76,13 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """Follows new events of the tenant as they are appended."""
     ListCheckpoints: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.ListCheckpointsRequest, _audit_service_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
     """Lists the signed checkpoints of the tenant's chain."""
+    GetPurgeReceipt: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.GetPurgeReceiptRequest, _audit_service_pb2.GetPurgeReceiptResponse]  # type: ignore[assignment]
+    """The signed receipt of a purged tenant (platform administrators name it by tenant_id): its
+    tenant.purge event (rows deleted per table, the destroyed data key's fingerprint) and the
+    signed checkpoint that covers it. Verify offline with `sentinel audit verify-receipt FILE
+    --public-key KEY`. NOT_FOUND while the tenant is not purged; FAILED_PRECONDITION until the
+    audit service has signed a checkpoint at or after the purge (every SENTINEL_AUDIT_CHECKPOINT_SECONDS).
+    """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -129,5 +143,18 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_service_pb2.ListCheckpointsResponse, _abc.Awaitable[_audit_service_pb2.ListCheckpointsResponse]]:
         """Lists the signed checkpoints of the tenant's chain."""
+
+    @_abc_1.abstractmethod
+    def GetPurgeReceipt(
+        self,
+        request: _audit_service_pb2.GetPurgeReceiptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_service_pb2.GetPurgeReceiptResponse, _abc.Awaitable[_audit_service_pb2.GetPurgeReceiptResponse]]:
+        """The signed receipt of a purged tenant (platform administrators name it by tenant_id): its
+        tenant.purge event (rows deleted per table, the destroyed data key's fingerprint) and the
+        signed checkpoint that covers it. Verify offline with `sentinel audit verify-receipt FILE
+        --public-key KEY`. NOT_FOUND while the tenant is not purged; FAILED_PRECONDITION until the
+        audit service has signed a checkpoint at or after the purge (every SENTINEL_AUDIT_CHECKPOINT_SECONDS).
+        """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
