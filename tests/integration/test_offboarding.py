@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +27,7 @@ from sentinel.tenant.v1 import tenant_service_pb2 as tsp
 from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
 from sqlalchemy import select, update
 
+from tests.integration.clients import sentinel_cli
 from tests.integration.conftest import Tenant, World, audit_settled, make_tenant
 from tests.integration.test_jobs import create, finished
 
@@ -89,13 +88,10 @@ async def purge_now(stack: Any, tenant_id: str) -> str:
                                 "purge_time = now() - interval '1 day' WHERE id = $1", uuid.UUID(tenant_id))
     finally:
         await owner.close()
-    env = {**os.environ, "SENTINEL_DATABASE_URL": stack.app_url, "SENTINEL_REDIS_URL": stack.redis_url,
-           "SENTINEL_DATA_KEY_DIR": str(stack.data_keys_dir)}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "sentinel", "admin", "purge-tenants", env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
+    code, out = await sentinel_cli(stack, "admin", "purge-tenants", SENTINEL_REDIS_URL=stack.redis_url,
+                                   SENTINEL_DATA_KEY_DIR=str(stack.data_keys_dir))
+    assert code == 0, out
+    return out
 
 
 async def receipt_when_signed(world: World, tenant_id: str, within: float = 30.0) -> asp.PurgeReceipt:
@@ -112,12 +108,10 @@ async def receipt_when_signed(world: World, tenant_id: str, within: float = 30.0
         await asyncio.sleep(0.2)
 
 
-async def verify_receipt_cli(path: Path, *extra: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "sentinel", "audit", "verify-receipt",
-                                                str(path), *extra, env={"PATH": "/usr/bin:/bin"},
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode()
+async def verify_receipt_cli(stack: Any, path: Path, *extra: str) -> tuple[int, str]:
+    """Offline: the command gets a database URL that leads nowhere."""
+    return await sentinel_cli(stack, "audit", "verify-receipt", str(path), *extra,
+                              SENTINEL_DATABASE_URL="postgresql+asyncpg://nobody@db.invalid/none")
 
 
 async def test_the_purge_destroys_the_data_key_and_leaves_a_receipt_that_verifies_offline(
@@ -141,7 +135,7 @@ async def test_the_purge_destroys_the_data_key_and_leaves_a_receipt_that_verifie
 
     # The key is gone: the backup's sealed export no longer opens, and no new key is made.
     store = datakeys.DataKeyStore(stack.data_keys_dir)
-    assert not (stack.data_keys_dir / f"{t.id}.key").exists() and store.destroyed(t.id)  # type: ignore[arg-type]
+    assert not (stack.data_keys_dir / f"{t.id}.key").exists() and store.destroyed(uuid.UUID(t.id))
     with pytest.raises(datakeys.DataKeyDestroyed):
         store.open(uuid.UUID(t.id), backup, datakeys.associated_data(uuid.UUID(t.id), "job-result", job_id))
 
@@ -161,26 +155,26 @@ async def test_the_purge_destroys_the_data_key_and_leaves_a_receipt_that_verifie
     path = tmp_path / "receipt.json"
     path.write_text(r.text)
     public_key = sorted((stack.audit_keys_dir / "public").glob("*.pub.pem"))[-1]
-    code, out = await verify_receipt_cli(path, "--public-key", str(public_key))
+    code, out = await verify_receipt_cli(stack, path, "--public-key", str(public_key))
     assert code == 0 and f"OK: tenant {t.id} purged" in out and datakeys.fingerprint(key) in out, out
     assert "signature checked" in out
-    code, out = await verify_receipt_cli(path)
+    code, out = await verify_receipt_cli(stack, path)
     assert code == 0 and "NOT checked" in out, out
 
     # A receipt that claims fewer rows, or one checked against another key, does not verify.
     forged = json.loads(r.text)
     forged["receipt"]["events"][0]["diff"]["rows_deleted"] = 1
     path.write_text(json.dumps(forged))
-    code, out = await verify_receipt_cli(path, "--public-key", str(public_key))
+    code, out = await verify_receipt_cli(stack, path, "--public-key", str(public_key))
     assert code == 1 and "INVALID" in out and "hash does not match" in out, out
     path.write_text(r.text)
     stranger = tmp_path / "stranger.pub.pem"
     stranger.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    code, out = await verify_receipt_cli(path, "--public-key", str(stranger))
+    code, out = await verify_receipt_cli(stack, path, "--public-key", str(stranger))
     assert code == 1 and "not signed by this key" in out, out
     path.write_text("[1, 2]")
-    code, out = await verify_receipt_cli(path)
+    code, out = await verify_receipt_cli(stack, path)
     assert code == 2 and "not a JSON object" in out, out
 
     # Only a platform admin names another tenant; a tenant's own owner cannot fetch someone else's.

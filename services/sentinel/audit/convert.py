@@ -57,6 +57,12 @@ def from_proto(event: audit_pb2.AuditEvent) -> dict[str, Any]:
     }
 
 
+def checkpoint_from_proto(cp: audit_pb2.Checkpoint) -> dict[str, Any]:
+    """The stored form of a Checkpoint: what its signature covers (sentinel.audit.checkpoints)."""
+    return {"tenant_id": cp.tenant_id, "sequence": cp.sequence, "hash": cp.hash,
+            "create_time": cp.create_time.ToDatetime(tzinfo=dt.UTC), "key_id": cp.key_id, "signature": cp.signature}
+
+
 def checkpoint_proto(cp: dict[str, Any]) -> audit_pb2.Checkpoint:
     return audit_pb2.Checkpoint(tenant_id=str(cp["tenant_id"]), sequence=int(cp["sequence"]), hash=cp["hash"],
                                 create_time=timestamp(cp["create_time"]), key_id=cp["key_id"],

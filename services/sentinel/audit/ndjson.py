@@ -28,7 +28,7 @@ from google.protobuf import json_format
 
 from sentinel.audit import chain
 from sentinel.audit.checkpoints import trusted_heads
-from sentinel.audit.convert import from_proto
+from sentinel.audit.convert import checkpoint_from_proto, from_proto
 from sentinel.audit.v1 import audit_pb2
 
 
@@ -91,9 +91,7 @@ def checkpoints(path: Path) -> list[dict[str, Any]]:
                 cp = json_format.ParseDict(item["checkpoint"], audit_pb2.Checkpoint())
             except json_format.ParseError as e:
                 raise ValueError(f"line {number}: not a checkpoint ({e})") from None
-            out.append({"tenant_id": cp.tenant_id, "sequence": cp.sequence, "hash": cp.hash,
-                        "create_time": cp.create_time.ToDatetime(tzinfo=dt.UTC), "key_id": cp.key_id,
-                        "signature": cp.signature})
+            out.append(checkpoint_from_proto(cp))
     return out
 
 

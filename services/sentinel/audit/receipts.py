@@ -16,7 +16,6 @@ checkpoint. Whoever holds the audit service's public key checks it without any d
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,20 +26,19 @@ from google.protobuf import json_format
 from sqlalchemy import text
 
 from sentinel.audit import chain, checkpoints, store
-from sentinel.audit.convert import checkpoint_proto, from_proto, to_proto
+from sentinel.audit.convert import checkpoint_from_proto, checkpoint_proto, from_proto, to_proto
 from sentinel.audit.v1 import audit_service_pb2
 from sentinel.platform import db
 from sentinel.platform.errors import FailedPrecondition, NotFound
 
 PURGE_ACTION = "tenant.purge"
-_COLUMNS = ", ".join([*chain.FIELDS, "prev_hash", "hash"])
 _TENANT = text("SELECT state, purge_complete_time FROM tenants WHERE id = sentinel_tenant_id()")
 _PURGE_EVENT = text(f"SELECT sequence FROM audit_events WHERE tenant_id = sentinel_tenant_id() "  # noqa: S608
                     f"AND action = '{PURGE_ACTION}' ORDER BY sequence DESC LIMIT 1")
 _COVERING = text("SELECT tenant_id, sequence, hash, create_time, key_id, signature FROM audit_checkpoints "
                  "WHERE tenant_id = sentinel_tenant_id() AND sequence >= :sequence ORDER BY sequence LIMIT 1")
-_EVENTS = text(f"SELECT {_COLUMNS} FROM audit_events WHERE tenant_id = sentinel_tenant_id() "  # noqa: S608
-               "AND sequence BETWEEN :first AND :last ORDER BY sequence")
+_EVENTS = text(f"SELECT {', '.join(store.COLUMNS)} FROM audit_events "  # noqa: S608 (fixed names)
+               "WHERE tenant_id = sentinel_tenant_id() AND sequence BETWEEN :first AND :last ORDER BY sequence")
 
 
 async def build(tenant_id: uuid.UUID, checkpoint_seconds: float) -> audit_service_pb2.PurgeReceipt:
@@ -99,9 +97,7 @@ def verify(receipt: audit_service_pb2.PurgeReceipt, public_key: Ed25519PublicKey
         return ReceiptVerdict(False, "the receipt has no events or no checkpoint")
     events: Sequence[dict[str, Any]] = [from_proto(e) for e in receipt.events]
     first, cp = events[0], receipt.checkpoint
-    signed = {"tenant_id": cp.tenant_id, "sequence": cp.sequence, "hash": cp.hash,
-              "create_time": cp.create_time.ToDatetime(tzinfo=dt.UTC), "signature": cp.signature}
-    if public_key is not None and not checkpoints.authentic(signed, public_key):
+    if public_key is not None and not checkpoints.authentic(checkpoint_from_proto(cp), public_key):
         return ReceiptVerdict(False, f"the checkpoint is not signed by this key (key_id {cp.key_id!r})")
     if {receipt.tenant_id, cp.tenant_id} != {first["tenant_id"]}:
         return ReceiptVerdict(False, "the receipt, its checkpoint and its events name different tenants")

@@ -24,10 +24,10 @@ from sentinel.platform.ids import uuid7
 _HEAD = text("SELECT sequence, hash FROM audit_events WHERE tenant_id = sentinel_tenant_id() "
              "ORDER BY sequence DESC LIMIT 1")
 _KNOWN = text("SELECT id FROM audit_events WHERE tenant_id = sentinel_tenant_id() AND id = ANY(:ids)")
-_COLUMNS = [*chain.FIELDS, "prev_hash", "hash"]
-_INSERT = text(f"INSERT INTO audit_events ({', '.join(_COLUMNS)}) VALUES "  # noqa: S608 (fixed names)
-               f"({', '.join(':' + c for c in _COLUMNS)})")
-_PAGE = text(f"SELECT {', '.join(_COLUMNS)} FROM audit_events "  # noqa: S608 (fixed names)
+COLUMNS = [*chain.FIELDS, "prev_hash", "hash"]
+_INSERT = text(f"INSERT INTO audit_events ({', '.join(COLUMNS)}) VALUES "  # noqa: S608 (fixed names)
+               f"({', '.join(':' + c for c in COLUMNS)})")
+_PAGE = text(f"SELECT {', '.join(COLUMNS)} FROM audit_events "  # noqa: S608 (fixed names)
              "WHERE tenant_id = sentinel_tenant_id() AND sequence > :after ORDER BY sequence LIMIT :limit")
 
 
