@@ -27,7 +27,7 @@ from sentinel.scheduler.v1 import scheduler_service_pb2_grpc as ssg
 from sqlalchemy import func, select, text
 
 from tests.integration.clients import sentinel_cli
-from tests.integration.conftest import PERIODIC_JOBS, World, audit_settled
+from tests.integration.conftest import PERIODIC_JOBS, World, audit_settled, bare_tenant
 from tests.integration.test_notify import SmtpServer, WebhookServer, start_smtp
 from tests.integration.test_slo_report import CRITICAL, HEALTHY, Prometheus, _start, _tools, blocks  # noqa: F401
 
@@ -188,6 +188,17 @@ async def test_cleanup_removes_only_what_has_expired(world: World, stack: Any) -
                 "INSERT INTO idempotency_keys (tenant_id, method, key, request_hash, response, create_time) "
                 "VALUES (:tenant, 'm', :key, 'h', '', now() - make_interval(hours => :hours))"),
                 {"tenant": tenant, "key": key, "hours": hours})
+    # Usage rows: minute rows past 48 h and hour rows past 35 days go; the rest stays.
+    usage_tenant = uuid.UUID((await bare_tenant("usage-expiry"))[0])
+    ages = {"tenant_usage_minutes": (dt.timedelta(days=3), dt.timedelta(hours=47)),
+            "tenant_usage_hours": (dt.timedelta(days=36), dt.timedelta(days=34))}
+    async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:
+        for table, (gone, kept) in ages.items():
+            for age in (gone, kept):
+                await session.execute(text(
+                    f"INSERT INTO {table} (tenant_id, service, bucket, requests, busy_seconds) "  # noqa: S608
+                    "VALUES (:t, 'user', date_trunc('minute', now() - CAST(:age AS interval)), 1, 0.1)"),
+                    {"t": usage_tenant, "age": age})
     run_id = await periodic.start_manual("cleanup")
     assert await periodic.run_manual(settings_for(stack), "cleanup", run_id) == "succeeded"
     async with db.unit_of_work(tenant_id=tenant, platform=False) as session:
@@ -195,6 +206,10 @@ async def test_cleanup_removes_only_what_has_expired(world: World, stack: Any) -
                                              {"a": old, "b": fresh}))
         keys = set(await session.scalars(text("SELECT key FROM idempotency_keys WHERE method = 'm'")))
     assert sessions == {fresh} and keys == {"fresh-key"}
+    async with db.unit_of_work(tenant_id=usage_tenant, platform=False) as session:
+        for table in ages:
+            left = list(await session.scalars(text(f"SELECT now() - bucket FROM {table}")))  # noqa: S608
+            assert len(left) == 1 and left[0] < dt.timedelta(days=35), table
     assert (await runs_of("cleanup"))[-1].result["deleted"]["sessions"] >= 1
 
 
@@ -202,7 +217,7 @@ async def test_audit_verify_finds_a_tampered_chain(world: World, stack: Any, web
     import asyncpg
     from prometheus_client import REGISTRY
 
-    from tests.integration.conftest import append_audit_event, bare_tenant
+    from tests.integration.conftest import append_audit_event
 
     key = sorted((stack.audit_keys_dir / "public").glob("*.pub.pem"))[-1]
     settings = settings_for(stack, audit_public_key_file=key, notify_slack_webhook_url=SecretStr(webhook.url))

@@ -131,6 +131,14 @@ class Settings(BaseSettings):
     # and drains it to the audit service in batches: at once after a commit, and at least this often.
     audit_outbox_poll_seconds: float = Field(default=1.0, gt=0)
     audit_outbox_batch: int = Field(default=500, ge=1, le=5000)
+    # --- per-tenant usage (tenant SLOs, noisy neighbours): every process adds its counts to the
+    # database this often; minute rows are kept for the burn-rate windows, hour rows for the budget.
+    usage_flush_seconds: float = Field(default=10.0, gt=0, le=300)
+    usage_minute_retention_hours: int = Field(default=48, ge=7, le=24 * 14)
+    usage_hour_retention_days: int = Field(default=35, ge=31, le=400)
+    # A tenant taking at least this share of a service's handling time while other tenants burn
+    # their error budget is reported as a noisy neighbour.
+    noisy_neighbour_share: float = Field(default=0.3, gt=0, le=1)
     # Off only for measuring what recording costs (bench/audit.py); a warning is logged at start.
     audit_recording: bool = True
 

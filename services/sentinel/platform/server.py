@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from sentinel.common.v1 import common_pb2, common_pb2_grpc
 from sentinel.platform import auditlog, clients, contracts, db, kv, metrics, outbox, redis_metrics, revocation, tracing
 from sentinel.platform import logging as json_logging
+from sentinel.platform import usage as tenant_usage
 from sentinel.platform.auth import TokenVerifier
 from sentinel.platform.config import Settings, get_settings
 from sentinel.platform.health import HealthApi, SelfStatus, database_check, peer_check, redis_check
@@ -164,6 +165,9 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
             tasks.append(asyncio.create_task(outbox.run_drainer(
                 spec.name, send, batch=settings.audit_outbox_batch,
                 poll_seconds=settings.audit_outbox_poll_seconds), name="audit-outbox"))
+        recorder = tenant_usage.start(spec.name)  # per-tenant counts for tenant SLOs
+        tasks.append(asyncio.create_task(tenant_usage.run_flusher(recorder, settings.usage_flush_seconds),
+                                         name="tenant-usage"))
     server, health_servicer = await build_server(spec, runtime)
     metrics.BUILD_INFO.labels(spec.name, settings.version).set(1)
     redis = kv.client(settings)

@@ -185,9 +185,18 @@ _CLEANUPS = (
 )
 
 
+#: Usage rows past their retention, every tenant's at once (platform scope), in batches.
+_USAGE_EXPIRY = {
+    table: text(f"DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {table} "  # noqa: S608 (fixed names)
+                "WHERE bucket < :before LIMIT 5000))")
+    for table in ("tenant_usage_minutes", "tenant_usage_hours")
+}
+
+
 async def cleanup(settings: Settings, now: dt.datetime) -> dict[str, Any]:
     """Expired sessions (a day after expiry, a week after revocation), invitations a month past
-    expiry that nobody accepted, idempotency records past their 24 h window: per tenant, in batches."""
+    expiry that nobody accepted, idempotency records past their 24 h window: per tenant, in batches.
+    Per-tenant usage past SENTINEL_USAGE_MINUTE_RETENTION_HOURS / _HOUR_RETENTION_DAYS."""
     async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:
         tenants = list(await session.scalars(text("SELECT id FROM tenants ORDER BY id")))
     deleted = dict.fromkeys((name for name, _ in _CLEANUPS), 0)
@@ -199,6 +208,16 @@ async def cleanup(settings: Settings, now: dt.datetime) -> dict[str, Any]:
                 deleted[name] += count
                 if count < 5000:
                     break
+    keep = {"tenant_usage_minutes": dt.timedelta(hours=settings.usage_minute_retention_hours),
+            "tenant_usage_hours": dt.timedelta(days=settings.usage_hour_retention_days)}
+    for table, statement in _USAGE_EXPIRY.items():
+        deleted[table] = 0
+        while True:
+            async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:
+                count = int((await session.execute(statement, {"before": now - keep[table]})).rowcount)  # type: ignore[attr-defined]
+            deleted[table] += count
+            if count < 5000:
+                break
     return {"deleted": deleted}
 
 
@@ -210,7 +229,7 @@ JOBS_BY_NAME: dict[str, PeriodicJob] = {j.name: j for j in (
     PeriodicJob("audit_retention", "30 3 * * *", audit_retention, "cuts audit events past each tenant's retention"),
     PeriodicJob("audit_verify", "0 4 * * *", audit_verify, "verifies every tenant's chain and its checkpoints"),
     PeriodicJob("tenant_purge", "0 * * * *", tenant_purge, "purges tenants past their deletion grace period"),
-    PeriodicJob("cleanup", "15 * * * *", cleanup, "expired sessions, invitations and idempotency records"),
+    PeriodicJob("cleanup", "15 * * * *", cleanup, "expired sessions, invitations, idempotency records, old usage"),
 )}
 
 

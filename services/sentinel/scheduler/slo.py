@@ -54,6 +54,7 @@ from typing import Any, Final
 
 import httpx
 
+from sentinel.platform.slo import POLICY_MEANING, budget_policy
 from sentinel.scheduler.notify import Message
 
 __all__ = [
@@ -104,14 +105,6 @@ SERIES: Final[Mapping[str, str]] = {
 #: The one instant query :func:`fetch` sends (names are fixed, so an exact alternation suffices).
 QUERY: Final = '{__name__=~"' + "|".join(SERIES) + '",service!=""}'
 
-#: What each budget status asks of the teams; the report quotes the worst one.
-POLICY_MEANING: Final[Mapping[str, str]] = {
-    "green": "budget healthy: release as usual",
-    "caution": "half the budget is spent: review risky changes and release in small steps",
-    "warning": "budget low: only low-risk releases, prioritise reliability work",
-    "critical": "budget (nearly) exhausted: freeze releases except fixes, focus on reliability",
-    "unknown": "no budget figure: check Prometheus and the SLO recording rules",
-}
 # Worst-status ranking. "unknown" sits above green: a report with a service missing is not all-clear.
 _RANK: Final[Mapping[str, int]] = {"green": 0, "unknown": 1, "caution": 2, "warning": 3, "critical": 4}
 _SEVERITY: Final[Mapping[str, str]] = {
@@ -291,22 +284,6 @@ async def fetch(
 
 # ---------------------------------------------------------------------------------------------
 # Policy and formatting
-
-
-def budget_policy(remaining: float | None) -> str:
-    """The release policy for a budget fraction left (boundaries in the module docstring).
-
-    Each boundary belongs to the stricter status: 0.50 is caution, 0.25 and 0.10 are warning.
-    """
-    if remaining is None or math.isnan(remaining):
-        return "unknown"
-    if remaining > 0.50:
-        return "green"
-    if remaining > 0.25:
-        return "caution"
-    if remaining >= 0.10:
-        return "warning"
-    return "critical"
 
 
 def worst_policy(statuses: Sequence[str]) -> str:

@@ -39,7 +39,7 @@ _FINAL = text("""
     WHERE id = :id AND state = 'pending_deletion' AND purge_time <= :now""")
 #: Children before parents; ``ctid`` batches keep each transaction short.
 PURGED_TABLES = ("sessions", "api_keys", "service_accounts", "invitations", "users", "idempotency_keys",
-                 "job_results", "jobs")
+                 "job_results", "jobs", "tenant_usage_minutes", "tenant_usage_hours")
 _BATCHES = {
     table: text(f"DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {table} LIMIT :batch))")  # noqa: S608 (fixed names)
     for table in PURGED_TABLES

@@ -31,6 +31,7 @@ from sentinel.platform.pagination import check_etag, etag, page_size
 from sentinel.platform.server import Runtime, ServiceSpec
 from sentinel.platform.validation import slug as check_slug
 from sentinel.platform.validation import text as check_text
+from sentinel.tenant import servicelevel
 from sentinel.tenant.models import Tenant
 from sentinel.tenant.v1 import tenant_pb2, tenant_service_pb2, tenant_service_pb2_grpc
 
@@ -90,6 +91,25 @@ class TenantApi(tenant_service_pb2_grpc.TenantServiceServicer):
             if row is None:
                 raise not_found(tenant_id)
             return tenant_service_pb2.GetTenantResponse(tenant=to_proto(row))
+
+    async def GetServiceLevel(self, request: tenant_service_pb2.GetServiceLevelRequest,
+                              context: Context) -> tenant_service_pb2.GetServiceLevelResponse:
+        tenant_id = parse_uuid(request.tenant_id, "tenant_id")
+        if tenant_id != require_call().tenant_id:
+            raise not_found(tenant_id)  # another tenant's id: exactly like one that does not exist
+        async with db.unit_of_work() as session:
+            if await session.get(Tenant, tenant_id) is None:
+                raise not_found(tenant_id)
+            level = await servicelevel.get_service_level(session, tenant_id, dt.datetime.now(dt.UTC))
+        return tenant_service_pb2.GetServiceLevelResponse(service_level=level)
+
+    async def RankTenantUsage(self, request: tenant_service_pb2.RankTenantUsageRequest,
+                              context: Context) -> tenant_service_pb2.RankTenantUsageResponse:
+        minutes, service, limit = servicelevel.check_ranking(request)
+        async with db.unit_of_work() as session:
+            return await servicelevel.rank_tenant_usage(
+                session, dt.datetime.now(dt.UTC), minutes=minutes, service=service, limit=limit,
+                noisy_share=self.settings.noisy_neighbour_share)
 
     async def ListTenants(self, request: tenant_service_pb2.ListTenantsRequest,
                           context: Context) -> tenant_service_pb2.ListTenantsResponse:

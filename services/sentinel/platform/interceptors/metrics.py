@@ -1,4 +1,5 @@
-"""RED metrics per RPC: requests, errors and duration, labelled by service/method/code."""
+"""RED metrics per RPC: requests, errors and duration, labelled by service/method/code; and the
+same call counted for its tenant (sentinel.platform.usage), which no Prometheus label may carry."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from sentinel.platform import metrics
+from sentinel.platform import metrics, usage
 from sentinel.platform.calls import Call
 
 
@@ -50,7 +51,10 @@ class MetricsInterceptor:
             self.in_flight.dec()
             code = final_code(call, exc)
             call.code = code
-            metrics.DURATION.labels(self.service, method).observe(time.perf_counter() - call.start)
+            elapsed = time.perf_counter() - call.start
+            metrics.DURATION.labels(self.service, method).observe(elapsed)
+            if usage.recorder is not None:
+                usage.recorder.record(call.db_tenant_id or call.audit.tenant_id, code, elapsed)
             metrics.REQUESTS.labels(self.service, method, code.name).inc()
             if code is not grpc.StatusCode.OK:
                 metrics.ERRORS.labels(self.service, method, code.name).inc()

@@ -25,11 +25,12 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from sentinel.policy.v1 import policy_pb2 as sentinel_dot_policy_dot_v1_dot_policy__pb2
 from sentinel.tenant.v1 import tenant_pb2 as sentinel_dot_tenant_dot_v1_dot_tenant__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'sentinel/tenant/v1/tenant_service.proto\x12\x12sentinel.tenant.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fsentinel/policy/v1/policy.proto\x1a\x1fsentinel/tenant/v1/tenant.proto\"\x87\x01\n\x13\x43reateTenantRequest\x12\x12\n\x04slug\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12,\n\x04plan\x18\x03 \x01(\x0e\x32\x1e.sentinel.tenant.v1.TenantPlan\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"B\n\x14\x43reateTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.Tenant\"$\n\x10GetTenantRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"?\n\x11GetTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.Tenant\"k\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.sentinel.tenant.v1.TenantState\"[\n\x13ListTenantsResponse\x12+\n\x07tenants\x18\x01 \x03(\x0b\x32\x1a.sentinel.tenant.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8c\x01\n\x13UpdateTenantRequest\x12\x30\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.TenantB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"B\n\x14UpdateTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.Tenant\"I\n\x13\x44\x65leteTenantRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"B\n\x14\x44\x65leteTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.Tenant\"`\n\x14SuspendTenantRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"C\n\x15SuspendTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.Tenant\"I\n\x13ResumeTenantRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"B\n\x14ResumeTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.Tenant\"J\n\x14RestoreTenantRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"C\n\x15RestoreTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.Tenant2\x91\x0b\n\rTenantService\x12\xa4\x01\n\x0c\x43reateTenant\x12\'.sentinel.tenant.v1.CreateTenantRequest\x1a(.sentinel.tenant.v1.CreateTenantResponse\"A\x8a\xb5\x18#\n\x0etenants.create\x10\x04\x1a\rtenant.create \x01\x82\xd3\xe4\x93\x02\x14\"\x0f/api/v1/tenants:\x01*\x12\x90\x01\n\tGetTenant\x12$.sentinel.tenant.v1.GetTenantRequest\x1a%.sentinel.tenant.v1.GetTenantResponse\"6\x8a\xb5\x18\x16\n\x0ctenants.read\x10\x03 \x01*\x02id\x82\xd3\xe4\x93\x02\x16\x12\x14/api/v1/tenants/{id}\x12\x8d\x01\n\x0bListTenants\x12&.sentinel.tenant.v1.ListTenantsRequest\x1a\'.sentinel.tenant.v1.ListTenantsResponse\"-\x8a\xb5\x18\x12\n\x0ctenants.read\x10\x03 \x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/tenants\x12\xe7\x01\n\x0cUpdateTenant\x12\'.sentinel.tenant.v1.UpdateTenantRequest\x1a(.sentinel.tenant.v1.UpdateTenantResponse\"\x83\x01\x8a\xb5\x18-\n\rtenants.write\x10\x03\x1a\rtenant.update \x01*\ttenant.id\x82\xd3\xe4\x93\x02L2\x1b/api/v1/tenants/{tenant.id}:\x06tenantZ%\x1a\x1b/api/v1/tenants/{tenant.id}:\x06tenant\x12\xa6\x01\n\x0c\x44\x65leteTenant\x12\'.sentinel.tenant.v1.DeleteTenantRequest\x1a(.sentinel.tenant.v1.DeleteTenantResponse\"C\x8a\xb5\x18#\n\x0etenants.delete\x10\x04\x1a\rtenant.delete \x01\x82\xd3\xe4\x93\x02\x16*\x14/api/v1/tenants/{id}\x12\xb6\x01\n\rSuspendTenant\x12(.sentinel.tenant.v1.SuspendTenantRequest\x1a).sentinel.tenant.v1.SuspendTenantResponse\"P\x8a\xb5\x18%\n\x0ftenants.suspend\x10\x04\x1a\x0etenant.suspend \x01\x82\xd3\xe4\x93\x02!\"\x1c/api/v1/tenants/{id}:suspend:\x01*\x12\xb1\x01\n\x0cResumeTenant\x12\'.sentinel.tenant.v1.ResumeTenantRequest\x1a(.sentinel.tenant.v1.ResumeTenantResponse\"N\x8a\xb5\x18$\n\x0ftenants.suspend\x10\x04\x1a\rtenant.resume \x01\x82\xd3\xe4\x93\x02 \"\x1b/api/v1/tenants/{id}:resume:\x01*\x12\xb5\x01\n\rRestoreTenant\x12(.sentinel.tenant.v1.RestoreTenantRequest\x1a).sentinel.tenant.v1.RestoreTenantResponse\"O\x8a\xb5\x18$\n\x0etenants.delete\x10\x04\x1a\x0etenant.restore \x01\x82\xd3\xe4\x93\x02!\"\x1c/api/v1/tenants/{id}:restore:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'sentinel/tenant/v1/tenant_service.proto\x12\x12sentinel.tenant.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fsentinel/policy/v1/policy.proto\x1a\x1fsentinel/tenant/v1/tenant.proto\"\x87\x01\n\x13\x43reateTenantRequest\x12\x12\n\x04slug\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12,\n\x04plan\x18\x03 \x01(\x0e\x32\x1e.sentinel.tenant.v1.TenantPlan\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"B\n\x14\x43reateTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.Tenant\"$\n\x10GetTenantRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"?\n\x11GetTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.Tenant\"k\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.sentinel.tenant.v1.TenantState\"[\n\x13ListTenantsResponse\x12+\n\x07tenants\x18\x01 \x03(\x0b\x32\x1a.sentinel.tenant.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8c\x01\n\x13UpdateTenantRequest\x12\x30\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.TenantB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"B\n\x14UpdateTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.Tenant\"I\n\x13\x44\x65leteTenantRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"B\n\x14\x44\x65leteTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.Tenant\"`\n\x14SuspendTenantRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"C\n\x15SuspendTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.Tenant\"I\n\x13ResumeTenantRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"B\n\x14ResumeTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.Tenant\"J\n\x14RestoreTenantRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"C\n\x15RestoreTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.sentinel.tenant.v1.Tenant\"1\n\x16GetServiceLevelRequest\x12\x17\n\ttenant_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"R\n\x17GetServiceLevelResponse\x12\x37\n\rservice_level\x18\x01 \x01(\x0b\x32 .sentinel.tenant.v1.ServiceLevel\"\xe2\x01\n\x0cServiceLevel\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x30\n\x0c\x63ompute_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06period\x18\x03 \x01(\t\x12\x10\n\x08requests\x18\x04 \x01(\x03\x12\x37\n\nobjectives\x18\x05 \x03(\x0b\x32#.sentinel.tenant.v1.ObjectiveStatus\x12\x32\n\x08services\x18\x06 \x03(\x0b\x32 .sentinel.tenant.v1.ServiceUsage\"\x9a\x02\n\x0fObjectiveStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\x01\x12\x15\n\x08\x61ttained\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0c\x62\x61\x64_requests\x18\x05 \x01(\x03\x12\x1d\n\x10\x62udget_remaining\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x0c\x62udget_state\x18\x07 \x01(\t\x12\x0e\n\x06policy\x18\x08 \x01(\t\x12\x30\n\nburn_rates\x18\t \x03(\x0b\x32\x1c.sentinel.tenant.v1.BurnRate\x12\x0e\n\x06\x66iring\x18\n \x03(\tB\x0b\n\t_attainedB\x13\n\x11_budget_remaining\"H\n\x08\x42urnRate\x12\x0e\n\x06window\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x11\n\x04rate\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x07\n\x05_rate\"G\n\x0cServiceUsage\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x14\n\x0c\x62usy_seconds\x18\x03 \x01(\x01\"P\n\x16RankTenantUsageRequest\x12\x16\n\x0ewindow_minutes\x18\x01 \x01(\x05\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"\xeb\x01\n\x17RankTenantUsageResponse\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x14\n\x0c\x62usy_seconds\x18\x04 \x01(\x01\x12\x18\n\x10impacted_tenants\x18\x05 \x01(\x05\x12\x30\n\x07tenants\x18\x06 \x03(\x0b\x32\x1f.sentinel.tenant.v1.TenantUsage\"\xc4\x02\n\x0bTenantUsage\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04slug\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x15\n\rserver_errors\x18\x04 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x03\x12\x15\n\rslow_requests\x18\x06 \x01(\x03\x12\x14\n\x0c\x62usy_seconds\x18\x07 \x01(\x01\x12\x15\n\rrequest_share\x18\x08 \x01(\x01\x12\x12\n\nbusy_share\x18\t \x01(\x01\x12#\n\x16\x61vailability_burn_rate\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11latency_burn_rate\x18\x0b \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05noisy\x18\x0c \x01(\x08\x42\x19\n\x17_availability_burn_rateB\x14\n\x12_latency_burn_rate2\xf3\r\n\rTenantService\x12\xa4\x01\n\x0c\x43reateTenant\x12\'.sentinel.tenant.v1.CreateTenantRequest\x1a(.sentinel.tenant.v1.CreateTenantResponse\"A\x8a\xb5\x18#\n\x0etenants.create\x10\x04\x1a\rtenant.create \x01\x82\xd3\xe4\x93\x02\x14\"\x0f/api/v1/tenants:\x01*\x12\x90\x01\n\tGetTenant\x12$.sentinel.tenant.v1.GetTenantRequest\x1a%.sentinel.tenant.v1.GetTenantResponse\"6\x8a\xb5\x18\x16\n\x0ctenants.read\x10\x03 \x01*\x02id\x82\xd3\xe4\x93\x02\x16\x12\x14/api/v1/tenants/{id}\x12\x8d\x01\n\x0bListTenants\x12&.sentinel.tenant.v1.ListTenantsRequest\x1a\'.sentinel.tenant.v1.ListTenantsResponse\"-\x8a\xb5\x18\x12\n\x0ctenants.read\x10\x03 \x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/tenants\x12\xe7\x01\n\x0cUpdateTenant\x12\'.sentinel.tenant.v1.UpdateTenantRequest\x1a(.sentinel.tenant.v1.UpdateTenantResponse\"\x83\x01\x8a\xb5\x18-\n\rtenants.write\x10\x03\x1a\rtenant.update \x01*\ttenant.id\x82\xd3\xe4\x93\x02L2\x1b/api/v1/tenants/{tenant.id}:\x06tenantZ%\x1a\x1b/api/v1/tenants/{tenant.id}:\x06tenant\x12\xa6\x01\n\x0c\x44\x65leteTenant\x12\'.sentinel.tenant.v1.DeleteTenantRequest\x1a(.sentinel.tenant.v1.DeleteTenantResponse\"C\x8a\xb5\x18#\n\x0etenants.delete\x10\x04\x1a\rtenant.delete \x01\x82\xd3\xe4\x93\x02\x16*\x14/api/v1/tenants/{id}\x12\xb6\x01\n\rSuspendTenant\x12(.sentinel.tenant.v1.SuspendTenantRequest\x1a).sentinel.tenant.v1.SuspendTenantResponse\"P\x8a\xb5\x18%\n\x0ftenants.suspend\x10\x04\x1a\x0etenant.suspend \x01\x82\xd3\xe4\x93\x02!\"\x1c/api/v1/tenants/{id}:suspend:\x01*\x12\xb1\x01\n\x0cResumeTenant\x12\'.sentinel.tenant.v1.ResumeTenantRequest\x1a(.sentinel.tenant.v1.ResumeTenantResponse\"N\x8a\xb5\x18$\n\x0ftenants.suspend\x10\x04\x1a\rtenant.resume \x01\x82\xd3\xe4\x93\x02 \"\x1b/api/v1/tenants/{id}:resume:\x01*\x12\xb5\x01\n\rRestoreTenant\x12(.sentinel.tenant.v1.RestoreTenantRequest\x1a).sentinel.tenant.v1.RestoreTenantResponse\"O\x8a\xb5\x18$\n\x0etenants.delete\x10\x04\x1a\x0etenant.restore \x01\x82\xd3\xe4\x93\x02!\"\x1c/api/v1/tenants/{id}:restore:\x01*\x12\xbe\x01\n\x0fGetServiceLevel\x12*.sentinel.tenant.v1.GetServiceLevelRequest\x1a+.sentinel.tenant.v1.GetServiceLevelResponse\"R\x8a\xb5\x18\x1d\n\x0ctenants.read\x10\x03 \x01*\ttenant_id\x82\xd3\xe4\x93\x02+\x12)/api/v1/tenants/{tenant_id}/service-level\x12\x9e\x01\n\x0fRankTenantUsage\x12*.sentinel.tenant.v1.RankTenantUsageRequest\x1a+.sentinel.tenant.v1.RankTenantUsageResponse\"2\x8a\xb5\x18\x12\n\x0ctenants.read\x10\x04 \x01\x82\xd3\xe4\x93\x02\x16\x12\x14/api/v1/tenant-usageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,6 +55,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESUMETENANTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_RESTORETENANTREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_RESTORETENANTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_GETSERVICELEVELREQUEST'].fields_by_name['tenant_id']._loaded_options = None
+  _globals['_GETSERVICELEVELREQUEST'].fields_by_name['tenant_id']._serialized_options = b'\342A\001\002'
   _globals['_TENANTSERVICE'].methods_by_name['CreateTenant']._loaded_options = None
   _globals['_TENANTSERVICE'].methods_by_name['CreateTenant']._serialized_options = b'\212\265\030#\n\016tenants.create\020\004\032\rtenant.create \001\202\323\344\223\002\024\"\017/api/v1/tenants:\001*'
   _globals['_TENANTSERVICE'].methods_by_name['GetTenant']._loaded_options = None
@@ -70,38 +73,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENANTSERVICE'].methods_by_name['ResumeTenant']._serialized_options = b'\212\265\030$\n\017tenants.suspend\020\004\032\rtenant.resume \001\202\323\344\223\002 \"\033/api/v1/tenants/{id}:resume:\001*'
   _globals['_TENANTSERVICE'].methods_by_name['RestoreTenant']._loaded_options = None
   _globals['_TENANTSERVICE'].methods_by_name['RestoreTenant']._serialized_options = b'\212\265\030$\n\016tenants.delete\020\004\032\016tenant.restore \001\202\323\344\223\002!\"\034/api/v1/tenants/{id}:restore:\001*'
-  _globals['_CREATETENANTREQUEST']._serialized_start=227
-  _globals['_CREATETENANTREQUEST']._serialized_end=362
-  _globals['_CREATETENANTRESPONSE']._serialized_start=364
-  _globals['_CREATETENANTRESPONSE']._serialized_end=430
-  _globals['_GETTENANTREQUEST']._serialized_start=432
-  _globals['_GETTENANTREQUEST']._serialized_end=468
-  _globals['_GETTENANTRESPONSE']._serialized_start=470
-  _globals['_GETTENANTRESPONSE']._serialized_end=533
-  _globals['_LISTTENANTSREQUEST']._serialized_start=535
-  _globals['_LISTTENANTSREQUEST']._serialized_end=642
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=644
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=735
-  _globals['_UPDATETENANTREQUEST']._serialized_start=738
-  _globals['_UPDATETENANTREQUEST']._serialized_end=878
-  _globals['_UPDATETENANTRESPONSE']._serialized_start=880
-  _globals['_UPDATETENANTRESPONSE']._serialized_end=946
-  _globals['_DELETETENANTREQUEST']._serialized_start=948
-  _globals['_DELETETENANTREQUEST']._serialized_end=1021
-  _globals['_DELETETENANTRESPONSE']._serialized_start=1023
-  _globals['_DELETETENANTRESPONSE']._serialized_end=1089
-  _globals['_SUSPENDTENANTREQUEST']._serialized_start=1091
-  _globals['_SUSPENDTENANTREQUEST']._serialized_end=1187
-  _globals['_SUSPENDTENANTRESPONSE']._serialized_start=1189
-  _globals['_SUSPENDTENANTRESPONSE']._serialized_end=1256
-  _globals['_RESUMETENANTREQUEST']._serialized_start=1258
-  _globals['_RESUMETENANTREQUEST']._serialized_end=1331
-  _globals['_RESUMETENANTRESPONSE']._serialized_start=1333
-  _globals['_RESUMETENANTRESPONSE']._serialized_end=1399
-  _globals['_RESTORETENANTREQUEST']._serialized_start=1401
-  _globals['_RESTORETENANTREQUEST']._serialized_end=1475
-  _globals['_RESTORETENANTRESPONSE']._serialized_start=1477
-  _globals['_RESTORETENANTRESPONSE']._serialized_end=1544
-  _globals['_TENANTSERVICE']._serialized_start=1547
-  _globals['_TENANTSERVICE']._serialized_end=2972
+  _globals['_TENANTSERVICE'].methods_by_name['GetServiceLevel']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['GetServiceLevel']._serialized_options = b'\212\265\030\035\n\014tenants.read\020\003 \001*\ttenant_id\202\323\344\223\002+\022)/api/v1/tenants/{tenant_id}/service-level'
+  _globals['_TENANTSERVICE'].methods_by_name['RankTenantUsage']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['RankTenantUsage']._serialized_options = b'\212\265\030\022\n\014tenants.read\020\004 \001\202\323\344\223\002\026\022\024/api/v1/tenant-usage'
+  _globals['_CREATETENANTREQUEST']._serialized_start=260
+  _globals['_CREATETENANTREQUEST']._serialized_end=395
+  _globals['_CREATETENANTRESPONSE']._serialized_start=397
+  _globals['_CREATETENANTRESPONSE']._serialized_end=463
+  _globals['_GETTENANTREQUEST']._serialized_start=465
+  _globals['_GETTENANTREQUEST']._serialized_end=501
+  _globals['_GETTENANTRESPONSE']._serialized_start=503
+  _globals['_GETTENANTRESPONSE']._serialized_end=566
+  _globals['_LISTTENANTSREQUEST']._serialized_start=568
+  _globals['_LISTTENANTSREQUEST']._serialized_end=675
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=677
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=768
+  _globals['_UPDATETENANTREQUEST']._serialized_start=771
+  _globals['_UPDATETENANTREQUEST']._serialized_end=911
+  _globals['_UPDATETENANTRESPONSE']._serialized_start=913
+  _globals['_UPDATETENANTRESPONSE']._serialized_end=979
+  _globals['_DELETETENANTREQUEST']._serialized_start=981
+  _globals['_DELETETENANTREQUEST']._serialized_end=1054
+  _globals['_DELETETENANTRESPONSE']._serialized_start=1056
+  _globals['_DELETETENANTRESPONSE']._serialized_end=1122
+  _globals['_SUSPENDTENANTREQUEST']._serialized_start=1124
+  _globals['_SUSPENDTENANTREQUEST']._serialized_end=1220
+  _globals['_SUSPENDTENANTRESPONSE']._serialized_start=1222
+  _globals['_SUSPENDTENANTRESPONSE']._serialized_end=1289
+  _globals['_RESUMETENANTREQUEST']._serialized_start=1291
+  _globals['_RESUMETENANTREQUEST']._serialized_end=1364
+  _globals['_RESUMETENANTRESPONSE']._serialized_start=1366
+  _globals['_RESUMETENANTRESPONSE']._serialized_end=1432
+  _globals['_RESTORETENANTREQUEST']._serialized_start=1434
+  _globals['_RESTORETENANTREQUEST']._serialized_end=1508
+  _globals['_RESTORETENANTRESPONSE']._serialized_start=1510
+  _globals['_RESTORETENANTRESPONSE']._serialized_end=1577
+  _globals['_GETSERVICELEVELREQUEST']._serialized_start=1579
+  _globals['_GETSERVICELEVELREQUEST']._serialized_end=1628
+  _globals['_GETSERVICELEVELRESPONSE']._serialized_start=1630
+  _globals['_GETSERVICELEVELRESPONSE']._serialized_end=1712
+  _globals['_SERVICELEVEL']._serialized_start=1715
+  _globals['_SERVICELEVEL']._serialized_end=1941
+  _globals['_OBJECTIVESTATUS']._serialized_start=1944
+  _globals['_OBJECTIVESTATUS']._serialized_end=2226
+  _globals['_BURNRATE']._serialized_start=2228
+  _globals['_BURNRATE']._serialized_end=2300
+  _globals['_SERVICEUSAGE']._serialized_start=2302
+  _globals['_SERVICEUSAGE']._serialized_end=2373
+  _globals['_RANKTENANTUSAGEREQUEST']._serialized_start=2375
+  _globals['_RANKTENANTUSAGEREQUEST']._serialized_end=2455
+  _globals['_RANKTENANTUSAGERESPONSE']._serialized_start=2458
+  _globals['_RANKTENANTUSAGERESPONSE']._serialized_end=2693
+  _globals['_TENANTUSAGE']._serialized_start=2696
+  _globals['_TENANTUSAGE']._serialized_end=3020
+  _globals['_TENANTSERVICE']._serialized_start=3023
+  _globals['_TENANTSERVICE']._serialized_end=4802
 # @@protoc_insertion_point(module_scope)

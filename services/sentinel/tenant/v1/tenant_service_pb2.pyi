@@ -9,6 +9,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from sentinel.tenant.v1 import tenant_pb2 as _tenant_pb2
 import builtins as _builtins
@@ -414,3 +415,330 @@ class RestoreTenantResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RestoreTenantResponse: _TypeAlias = RestoreTenantResponse  # noqa: Y015
+
+@_typing.final
+class GetServiceLevelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServiceLevelRequest: _TypeAlias = GetServiceLevelRequest  # noqa: Y015
+
+@_typing.final
+class GetServiceLevelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_LEVEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def service_level(self) -> Global___ServiceLevel: ...
+    def __init__(
+        self,
+        *,
+        service_level: Global___ServiceLevel | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["service_level", b"service_level"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_level", b"service_level"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServiceLevelResponse: _TypeAlias = GetServiceLevelResponse  # noqa: Y015
+
+@_typing.final
+class ServiceLevel(_message.Message):
+    """One tenant's service levels at compute_time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    COMPUTE_TIME_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    OBJECTIVES_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    period: _builtins.str
+    """The SLO period, e.g. "30d"; requests counts the tenant's requests in it."""
+    requests: _builtins.int
+    @_builtins.property
+    def compute_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def objectives(self) -> _containers.RepeatedCompositeFieldContainer[Global___ObjectiveStatus]: ...
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceUsage]:
+        """The same period, per service (requests and handling time only)."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        compute_time: _timestamp_pb2.Timestamp | None = ...,
+        period: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        objectives: _abc.Iterable[Global___ObjectiveStatus] | None = ...,
+        services: _abc.Iterable[Global___ServiceUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compute_time", b"compute_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_time", b"compute_time", "objectives", b"objectives", "period", b"period", "requests", b"requests", "services", b"services", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceLevel: _TypeAlias = ServiceLevel  # noqa: Y015
+
+@_typing.final
+class ObjectiveStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    ATTAINED_FIELD_NUMBER: _builtins.int
+    BAD_REQUESTS_FIELD_NUMBER: _builtins.int
+    BUDGET_REMAINING_FIELD_NUMBER: _builtins.int
+    BUDGET_STATE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    BURN_RATES_FIELD_NUMBER: _builtins.int
+    FIRING_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """availability | error-rate | latency"""
+    description: _builtins.str
+    target: _builtins.float
+    """The objective, e.g. 0.999."""
+    attained: _builtins.float
+    """Good requests / all requests over the period; absent without requests."""
+    bad_requests: _builtins.int
+    budget_remaining: _builtins.float
+    """The fraction of the period's error budget left, negative when overspent; absent without requests."""
+    budget_state: _builtins.str
+    """green (> 50 % left), caution (25-50 %), warning (10-25 %), critical (< 10 %), unknown (no requests)."""
+    policy: _builtins.str
+    """What the budget state asks of the tenant's integrators and of the platform team."""
+    @_builtins.property
+    def burn_rates(self) -> _containers.RepeatedCompositeFieldContainer[Global___BurnRate]: ...
+    @_builtins.property
+    def firing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The multiwindow alert pairs (page-fast, page-slow, ticket-fast, ticket-slow) that fire now."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        target: _builtins.float = ...,
+        attained: _builtins.float | None = ...,
+        bad_requests: _builtins.int = ...,
+        budget_remaining: _builtins.float | None = ...,
+        budget_state: _builtins.str = ...,
+        policy: _builtins.str = ...,
+        burn_rates: _abc.Iterable[Global___BurnRate] | None = ...,
+        firing: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_attained", b"_attained", "_budget_remaining", b"_budget_remaining", "attained", b"attained", "budget_remaining", b"budget_remaining"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attained", b"_attained", "_budget_remaining", b"_budget_remaining", "attained", b"attained", "bad_requests", b"bad_requests", "budget_remaining", b"budget_remaining", "budget_state", b"budget_state", "burn_rates", b"burn_rates", "description", b"description", "firing", b"firing", "name", b"name", "policy", b"policy", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__attained: _TypeAlias = _typing.Literal["attained"]  # noqa: Y015
+    _WhichOneofArgType__attained: _TypeAlias = _typing.Literal["_attained", b"_attained"]  # noqa: Y015
+    _WhichOneofReturnType__budget_remaining: _TypeAlias = _typing.Literal["budget_remaining"]  # noqa: Y015
+    _WhichOneofArgType__budget_remaining: _TypeAlias = _typing.Literal["_budget_remaining", b"_budget_remaining"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__attained) -> _WhichOneofReturnType__attained | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__budget_remaining) -> _WhichOneofReturnType__budget_remaining | None: ...
+
+Global___ObjectiveStatus: _TypeAlias = ObjectiveStatus  # noqa: Y015
+
+@_typing.final
+class BurnRate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    RATE_FIELD_NUMBER: _builtins.int
+    window: _builtins.str
+    """e.g. "5m", "1h", "3d"."""
+    requests: _builtins.int
+    rate: _builtins.float
+    """Error ratio / (1 - target): 1 spends exactly the budget over the period. Absent without requests."""
+    def __init__(
+        self,
+        *,
+        window: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        rate: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_rate", b"_rate", "rate", b"rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rate", b"_rate", "rate", b"rate", "requests", b"requests", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__rate: _TypeAlias = _typing.Literal["rate"]  # noqa: Y015
+    _WhichOneofArgType__rate: _TypeAlias = _typing.Literal["_rate", b"_rate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rate) -> _WhichOneofReturnType__rate | None: ...
+
+Global___BurnRate: _TypeAlias = BurnRate  # noqa: Y015
+
+@_typing.final
+class ServiceUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    BUSY_SECONDS_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """tenant | user | audit | scheduler"""
+    requests: _builtins.int
+    busy_seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        busy_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_seconds", b"busy_seconds", "requests", b"requests", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceUsage: _TypeAlias = ServiceUsage  # noqa: Y015
+
+@_typing.final
+class RankTenantUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_MINUTES_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    window_minutes: _builtins.int
+    """The window ending now, in minutes: 1-2880, default 60."""
+    service: _builtins.str
+    """Only this service's calls (tenant, user, audit, scheduler); empty: all."""
+    limit: _builtins.int
+    """How many tenants to return, busiest first: 1-100, default 20."""
+    def __init__(
+        self,
+        *,
+        window_minutes: _builtins.int = ...,
+        service: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "service", b"service", "window_minutes", b"window_minutes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RankTenantUsageRequest: _TypeAlias = RankTenantUsageRequest  # noqa: Y015
+
+@_typing.final
+class RankTenantUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    BUSY_SECONDS_FIELD_NUMBER: _builtins.int
+    IMPACTED_TENANTS_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
+    requests: _builtins.int
+    """Totals over every tenant in the window."""
+    busy_seconds: _builtins.float
+    impacted_tenants: _builtins.int
+    """Tenants other than the noisy ones whose availability or latency burn rate exceeded 1x."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___TenantUsage]: ...
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        requests: _builtins.int = ...,
+        busy_seconds: _builtins.float = ...,
+        impacted_tenants: _builtins.int = ...,
+        tenants: _abc.Iterable[Global___TenantUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_seconds", b"busy_seconds", "end_time", b"end_time", "impacted_tenants", b"impacted_tenants", "requests", b"requests", "start_time", b"start_time", "tenants", b"tenants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RankTenantUsageResponse: _TypeAlias = RankTenantUsageResponse  # noqa: Y015
+
+@_typing.final
+class TenantUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    SERVER_ERRORS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    SLOW_REQUESTS_FIELD_NUMBER: _builtins.int
+    BUSY_SECONDS_FIELD_NUMBER: _builtins.int
+    REQUEST_SHARE_FIELD_NUMBER: _builtins.int
+    BUSY_SHARE_FIELD_NUMBER: _builtins.int
+    AVAILABILITY_BURN_RATE_FIELD_NUMBER: _builtins.int
+    LATENCY_BURN_RATE_FIELD_NUMBER: _builtins.int
+    NOISY_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    slug: _builtins.str
+    requests: _builtins.int
+    server_errors: _builtins.int
+    errors: _builtins.int
+    slow_requests: _builtins.int
+    busy_seconds: _builtins.float
+    request_share: _builtins.float
+    """This tenant's share of the window's requests and of its handling time, 0-1."""
+    busy_share: _builtins.float
+    availability_burn_rate: _builtins.float
+    """This tenant's own burn rates over the window (absent without requests)."""
+    latency_burn_rate: _builtins.float
+    noisy: _builtins.bool
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        server_errors: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        slow_requests: _builtins.int = ...,
+        busy_seconds: _builtins.float = ...,
+        request_share: _builtins.float = ...,
+        busy_share: _builtins.float = ...,
+        availability_burn_rate: _builtins.float | None = ...,
+        latency_burn_rate: _builtins.float | None = ...,
+        noisy: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_availability_burn_rate", b"_availability_burn_rate", "_latency_burn_rate", b"_latency_burn_rate", "availability_burn_rate", b"availability_burn_rate", "latency_burn_rate", b"latency_burn_rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_availability_burn_rate", b"_availability_burn_rate", "_latency_burn_rate", b"_latency_burn_rate", "availability_burn_rate", b"availability_burn_rate", "busy_seconds", b"busy_seconds", "busy_share", b"busy_share", "errors", b"errors", "latency_burn_rate", b"latency_burn_rate", "noisy", b"noisy", "request_share", b"request_share", "requests", b"requests", "server_errors", b"server_errors", "slow_requests", b"slow_requests", "slug", b"slug", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__availability_burn_rate: _TypeAlias = _typing.Literal["availability_burn_rate"]  # noqa: Y015
+    _WhichOneofArgType__availability_burn_rate: _TypeAlias = _typing.Literal["_availability_burn_rate", b"_availability_burn_rate"]  # noqa: Y015
+    _WhichOneofReturnType__latency_burn_rate: _TypeAlias = _typing.Literal["latency_burn_rate"]  # noqa: Y015
+    _WhichOneofArgType__latency_burn_rate: _TypeAlias = _typing.Literal["_latency_burn_rate", b"_latency_burn_rate"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__availability_burn_rate) -> _WhichOneofReturnType__availability_burn_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__latency_burn_rate) -> _WhichOneofReturnType__latency_burn_rate | None: ...
+
+Global___TenantUsage: _TypeAlias = TenantUsage  # noqa: Y015

@@ -74,6 +74,16 @@ class TenantServiceStub:
                 request_serializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RestoreTenantRequest.SerializeToString,
                 response_deserializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RestoreTenantResponse.FromString,
                 _registered_method=True)
+        self.GetServiceLevel = channel.unary_unary(
+                '/sentinel.tenant.v1.TenantService/GetServiceLevel',
+                request_serializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.GetServiceLevelRequest.SerializeToString,
+                response_deserializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.GetServiceLevelResponse.FromString,
+                _registered_method=True)
+        self.RankTenantUsage = channel.unary_unary(
+                '/sentinel.tenant.v1.TenantService/RankTenantUsage',
+                request_serializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RankTenantUsageRequest.SerializeToString,
+                response_deserializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RankTenantUsageResponse.FromString,
+                _registered_method=True)
 
 
 class TenantServiceServicer:
@@ -155,6 +165,28 @@ class TenantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServiceLevel(self, request, context):
+        """A tenant's service levels: each SLO (availability 99.9 %, error rate < 1 %, 95 % of requests
+        within 1 s) measured on that tenant's own requests over the 30-day period, the error budget
+        left and its policy state, burn rates over the alert windows, and which alert pairs fire.
+        Readable by every user of the tenant. Figures lag by up to SENTINEL_USAGE_FLUSH_SECONDS.
+        Errors: NOT_FOUND (missing, or not visible to the caller), INVALID_ARGUMENT (bad id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RankTenantUsage(self, request, context):
+        """Noisy-neighbour attribution, for platform administrators: the tenants that used the most
+        handling time over the last window_minutes, with their shares, their own burn rates, and
+        whether each is a noisy neighbour (at least SENTINEL_NOISY_NEIGHBOUR_SHARE of the handling
+        time while another tenant burned its availability or latency budget faster than 1x).
+        Errors: INVALID_ARGUMENT (window or limit out of range, unknown service).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TenantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +229,16 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     servicer.RestoreTenant,
                     request_deserializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RestoreTenantRequest.FromString,
                     response_serializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RestoreTenantResponse.SerializeToString,
+            ),
+            'GetServiceLevel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServiceLevel,
+                    request_deserializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.GetServiceLevelRequest.FromString,
+                    response_serializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.GetServiceLevelResponse.SerializeToString,
+            ),
+            'RankTenantUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RankTenantUsage,
+                    request_deserializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RankTenantUsageRequest.FromString,
+                    response_serializer=sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RankTenantUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -415,6 +457,60 @@ class TenantService:
             '/sentinel.tenant.v1.TenantService/RestoreTenant',
             sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RestoreTenantRequest.SerializeToString,
             sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RestoreTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServiceLevel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentinel.tenant.v1.TenantService/GetServiceLevel',
+            sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.GetServiceLevelRequest.SerializeToString,
+            sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.GetServiceLevelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RankTenantUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentinel.tenant.v1.TenantService/RankTenantUsage',
+            sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RankTenantUsageRequest.SerializeToString,
+            sentinel_dot_tenant_dot_v1_dot_tenant__service__pb2.RankTenantUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,20 @@ class TenantServiceStub:
     tenant that is not pending deletion changes nothing. Errors: NOT_FOUND, ABORTED (stale
     etag), FAILED_PRECONDITION (already purged).
     """
+    GetServiceLevel: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.GetServiceLevelRequest, _tenant_service_pb2.GetServiceLevelResponse]
+    """A tenant's service levels: each SLO (availability 99.9 %, error rate < 1 %, 95 % of requests
+    within 1 s) measured on that tenant's own requests over the 30-day period, the error budget
+    left and its policy state, burn rates over the alert windows, and which alert pairs fire.
+    Readable by every user of the tenant. Figures lag by up to SENTINEL_USAGE_FLUSH_SECONDS.
+    Errors: NOT_FOUND (missing, or not visible to the caller), INVALID_ARGUMENT (bad id).
+    """
+    RankTenantUsage: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.RankTenantUsageRequest, _tenant_service_pb2.RankTenantUsageResponse]
+    """Noisy-neighbour attribution, for platform administrators: the tenants that used the most
+    handling time over the last window_minutes, with their shares, their own burn rates, and
+    whether each is a noisy neighbour (at least SENTINEL_NOISY_NEIGHBOUR_SHARE of the handling
+    time while another tenant burned its availability or latency budget faster than 1x).
+    Errors: INVALID_ARGUMENT (window or limit out of range, unknown service).
+    """
 
 @_typing.type_check_only
 class TenantServiceAsyncStub(TenantServiceStub):
@@ -122,6 +136,20 @@ class TenantServiceAsyncStub(TenantServiceStub):
     had before (SUSPENDED if it carries a suspension reason, ACTIVE otherwise); restoring a
     tenant that is not pending deletion changes nothing. Errors: NOT_FOUND, ABORTED (stale
     etag), FAILED_PRECONDITION (already purged).
+    """
+    GetServiceLevel: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.GetServiceLevelRequest, _tenant_service_pb2.GetServiceLevelResponse]  # type: ignore[assignment]
+    """A tenant's service levels: each SLO (availability 99.9 %, error rate < 1 %, 95 % of requests
+    within 1 s) measured on that tenant's own requests over the 30-day period, the error budget
+    left and its policy state, burn rates over the alert windows, and which alert pairs fire.
+    Readable by every user of the tenant. Figures lag by up to SENTINEL_USAGE_FLUSH_SECONDS.
+    Errors: NOT_FOUND (missing, or not visible to the caller), INVALID_ARGUMENT (bad id).
+    """
+    RankTenantUsage: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.RankTenantUsageRequest, _tenant_service_pb2.RankTenantUsageResponse]  # type: ignore[assignment]
+    """Noisy-neighbour attribution, for platform administrators: the tenants that used the most
+    handling time over the last window_minutes, with their shares, their own burn rates, and
+    whether each is a noisy neighbour (at least SENTINEL_NOISY_NEIGHBOUR_SHARE of the handling
+    time while another tenant burned its availability or latency budget faster than 1x).
+    Errors: INVALID_ARGUMENT (window or limit out of range, unknown service).
     """
 
 class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -214,6 +242,32 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         had before (SUSPENDED if it carries a suspension reason, ACTIVE otherwise); restoring a
         tenant that is not pending deletion changes nothing. Errors: NOT_FOUND, ABORTED (stale
         etag), FAILED_PRECONDITION (already purged).
+        """
+
+    @_abc_1.abstractmethod
+    def GetServiceLevel(
+        self,
+        request: _tenant_service_pb2.GetServiceLevelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenant_service_pb2.GetServiceLevelResponse, _abc.Awaitable[_tenant_service_pb2.GetServiceLevelResponse]]:
+        """A tenant's service levels: each SLO (availability 99.9 %, error rate < 1 %, 95 % of requests
+        within 1 s) measured on that tenant's own requests over the 30-day period, the error budget
+        left and its policy state, burn rates over the alert windows, and which alert pairs fire.
+        Readable by every user of the tenant. Figures lag by up to SENTINEL_USAGE_FLUSH_SECONDS.
+        Errors: NOT_FOUND (missing, or not visible to the caller), INVALID_ARGUMENT (bad id).
+        """
+
+    @_abc_1.abstractmethod
+    def RankTenantUsage(
+        self,
+        request: _tenant_service_pb2.RankTenantUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenant_service_pb2.RankTenantUsageResponse, _abc.Awaitable[_tenant_service_pb2.RankTenantUsageResponse]]:
+        """Noisy-neighbour attribution, for platform administrators: the tenants that used the most
+        handling time over the last window_minutes, with their shares, their own burn rates, and
+        whether each is a noisy neighbour (at least SENTINEL_NOISY_NEIGHBOUR_SHARE of the handling
+        time while another tenant burned its availability or latency budget faster than 1x).
+        Errors: INVALID_ARGUMENT (window or limit out of range, unknown service).
         """
 
 def add_TenantServiceServicer_to_server(servicer: TenantServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
