@@ -72,6 +72,13 @@ def test_readme_api_examples_work_as_written(stack: Any, tmp_path: Path) -> None
     restored = outputs_of(text, chunks, ":restore")
     assert '"state":"TENANT_STATE_ACTIVE"' in restored and "purge_time" not in restored
     assert '"keys":[' in text and '"status"' in text
+    # acme's own service levels, and the platform's ranking of tenants by capacity used.
+    level = json.loads(outputs_of(text, chunks, "/service-level"))["service_level"]
+    assert level["tenant_id"] in text and {o["name"] for o in level["objectives"]} == \
+        {"availability", "error-rate", "latency"}
+    assert all(o["budget_state"] in {"green", "caution", "warning", "critical", "unknown"} for o in level["objectives"])
+    ranking = json.loads(outputs_of(text, chunks, "/tenant-usage"))
+    assert "start_time" in ranking and len(ranking.get("tenants", [])) <= 5
     # An invitation accepted with its token made a user with the invited role.
     accepted = outputs_of(text, chunks, "invitations:accept")
     assert '"email":"new@acme.example"' in accepted and '"role":"ROLE_MEMBER"' in accepted
