@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -166,9 +167,14 @@ async def test_the_burn_rate_watch_speaks_only_above_30x(world: World, stack: An
     assert (await runs_of("burn_rate_watch"))[-1].result == {"alerts": [], "multiwindow": []}
     await periodic.run_due(settings, CRITICAL)
     # The multiwindow pages (both windows over the factor; tenant's spike is over) and the 2 h > 30x rule.
-    assert (await runs_of("burn_rate_watch"))[-1].result == {"alerts": ["user", "all"],
-                                                             "multiwindow": ["user page-fast", "all page-slow"]}
+    result = (await runs_of("burn_rate_watch"))[-1].result
+    assert (result["alerts"], result["multiwindow"]) == (["user", "all"], ["user page-fast", "all page-slow"])
     assert webhook.requests[0].body["text"].startswith("Sentinel SLO: error budget burning fast in")
+    # The page names the busiest tenants of the last hour (the suite's own tenants made calls).
+    page = json.dumps(webhook.requests[0].body)
+    assert "Busiest tenants over the last hour" in page
+    assert 1 <= len(result["busiest_tenants"]) <= 3 and all(slug in page for slug in result["busiest_tenants"])
+    assert set(result["noisy_tenants"]) <= set(result["busiest_tenants"])
     assert len(webhook.requests) == 2
     assert {r.body["attachments"][0]["color"] for r in webhook.requests} == {"#a30200"}
 

@@ -169,3 +169,27 @@ def test_ranking_parameters_are_checked() -> None:
                                               (dt.timedelta(days=30), "30d"), (dt.timedelta(seconds=90), "90s")])
 def test_window_text(window: dt.timedelta, text: str) -> None:
     assert servicelevel.window_text(window) == text
+
+
+def test_the_burn_page_names_the_busiest_tenants() -> None:
+    from sentinel.scheduler import slo as report
+
+    ranking = tsp.RankTenantUsageResponse(impacted_tenants=2, tenants=[
+        tsp.TenantUsage(slug="hog", busy_share=0.82, request_share=0.6, availability_burn_rate=0.0,
+                        latency_burn_rate=0.5, noisy=True),
+        tsp.TenantUsage(slug="quiet", busy_share=0.1, request_share=0.3)])
+    lines = report.tenant_lines(ranking)
+    assert lines[0] == "Busiest tenants over the last hour (2 other tenant(s) burning budget):"
+    assert lines[1] == ("NOISY NEIGHBOUR hog: 82 % of handling time, 60 % of requests; "
+                        "availability burn 0.0x, latency burn 0.5x")
+    assert lines[2].startswith("quiet: 10 %") and "availability burn no data" in lines[2]
+    assert report.tenant_lines(tsp.RankTenantUsageResponse()) == ["No per-tenant usage in the last hour."]
+
+
+def test_a_failed_attribution_never_holds_the_page_back() -> None:
+    from sentinel.platform.config import Settings
+    from sentinel.scheduler import periodic
+
+    result: dict[str, object] = {}
+    lines = asyncio.run(periodic._busiest_tenants(Settings(), result))
+    assert lines == ["Tenant attribution unavailable: RuntimeError"] and result == {}

@@ -119,11 +119,30 @@ async def burn_rate_watch(settings: Settings, now: dt.datetime) -> dict[str, Any
     alerts = slo.burn_alerts(await slo.fetch(settings.prometheus_url, at=now))
     paging = slo.multiwindow_alerts(await slo.fetch_windows(settings.prometheus_url, at=now))
     notifier = from_settings(settings)
+    result: dict[str, Any] = {"alerts": [a.service for a in alerts],
+                              "multiwindow": [f"{a.service} {a.pair}" for a in paging]}
     if paging:
-        await notifier.notify(slo.window_message(paging))
+        lines = await _busiest_tenants(settings, result)
+        await notifier.notify(slo.window_message(paging, lines))
     if alerts:
         await notifier.notify(slo.burn_message(alerts, slo.BURN_THRESHOLD))
-    return {"alerts": [a.service for a in alerts], "multiwindow": [f"{a.service} {a.pair}" for a in paging]}
+    return result
+
+
+async def _busiest_tenants(settings: Settings, result: dict[str, Any]) -> list[str]:
+    """Who is using the capacity while the budget burns (tenant SLO usage, last hour): the page
+    says whether one tenant's load explains it. Never holds the page back."""
+    from sentinel.scheduler import slo
+    from sentinel.tenant import servicelevel
+
+    try:
+        ranking = await servicelevel.busiest_tenants(minutes=60, limit=3, noisy_share=settings.noisy_neighbour_share)
+    except Exception as e:
+        log.warning("tenant attribution for the burn page failed", exc_info=True)
+        return [f"Tenant attribution unavailable: {type(e).__name__}"]
+    result["busiest_tenants"] = [t.slug for t in ranking.tenants]
+    result["noisy_tenants"] = [t.slug for t in ranking.tenants if t.noisy]
+    return slo.tenant_lines(ranking)
 
 
 async def audit_retention(settings: Settings, now: dt.datetime) -> dict[str, Any]:

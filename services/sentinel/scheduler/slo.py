@@ -79,6 +79,7 @@ __all__ = [
     "instant_query",
     "multiwindow_alerts",
     "report",
+    "tenant_lines",
     "window_message",
 ]
 
@@ -413,12 +414,29 @@ def multiwindow_alerts(windows: Mapping[str, Mapping[str, float]], *,
     return alerts
 
 
-def window_message(alerts: Sequence[WindowBurn]) -> Message:
+def window_message(alerts: Sequence[WindowBurn], tenants: Sequence[str] = ()) -> Message:
+    """The page for the multiwindow pairs; ``tenants``: lines naming the busiest tenants."""
     lines = [f"{display_name(a.service)}: {a.pair} ({a.factor:g}x): burning at {a.long_burn:.1f}x over the long "
              f"window and {a.short_burn:.1f}x over the short one" for a in alerts]
+    if tenants:
+        lines += ["", *tenants]
     return Message(subject="Sentinel SLO: error budget burning fast in "
                            + ", ".join(dict.fromkeys(display_name(a.service) for a in alerts)),
                    text="\n".join(lines), severity="critical")
+
+
+def tenant_lines(ranking: Any) -> list[str]:
+    """The busiest tenants of a RankTenantUsageResponse, one line each, noisy neighbours marked."""
+    if not ranking.tenants:
+        return ["No per-tenant usage in the last hour."]
+    lines = [f"Busiest tenants over the last hour ({ranking.impacted_tenants} other tenant(s) burning budget):"]
+    for t in ranking.tenants:
+        burns = ", ".join(f"{name} burn {multiple(getattr(t, field) if t.HasField(field) else None)}"
+                          for name, field in (("availability", "availability_burn_rate"),
+                                              ("latency", "latency_burn_rate")))
+        lines.append(f"{'NOISY NEIGHBOUR ' if t.noisy else ''}{t.slug}: {t.busy_share * 100:.0f} % of handling time, "
+                     f"{t.request_share * 100:.0f} % of requests; {burns}")
+    return lines
 
 
 def burn_message(alerts: Sequence[BurnAlert], threshold: float = BURN_THRESHOLD) -> Message:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sentinel.platform import slo
+from sentinel.platform import db, slo
+from sentinel.platform.auth import PLATFORM_TENANT_ID
 from sentinel.platform.convert import timestamp
 from sentinel.platform.errors import FieldViolation, require
 from sentinel.platform.usage import Counts
@@ -211,3 +212,11 @@ async def rank_tenant_usage(session: AsyncSession, now: dt.datetime, *, minutes:
     return tenant_service_pb2.RankTenantUsageResponse(
         start_time=timestamp(start), end_time=timestamp(now), requests=total.requests,
         busy_seconds=total.busy_seconds, impacted_tenants=impacted, tenants=tenants)
+
+
+async def busiest_tenants(*, minutes: int, limit: int,
+                          noisy_share: float) -> tenant_service_pb2.RankTenantUsageResponse:
+    """The ranking outside an RPC (the burn-rate watch names the busiest tenants in its page)."""
+    async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:
+        return await rank_tenant_usage(session, dt.datetime.now(dt.UTC), minutes=minutes, service="",
+                                       limit=limit, noisy_share=noisy_share)
