@@ -116,7 +116,7 @@ def test_no_requests_is_unknown_not_perfect() -> None:
     level = servicelevel.service_level(T, NOW, windows(Counts()), [])
     for o in level.objectives:
         assert not o.HasField("attained") and not o.HasField("budget_remaining")
-        assert o.budget_state == "unknown" and list(o.firing) == []
+        assert o.budget_state == "unknown" and list(o.firing) == [] and o.policy == servicelevel.NO_REQUESTS
 
 
 def test_a_pair_fires_only_when_both_windows_burn_and_traffic_is_enough() -> None:

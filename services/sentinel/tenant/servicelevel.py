@@ -32,6 +32,8 @@ LIMIT = (1, 100)
 #: A tenant counts as impacted by a neighbour only with at least this many requests in the window:
 #: one failed call of a quiet tenant is not a neighbour's doing.
 MIN_IMPACTED_REQUESTS = 10
+#: The policy text of an objective with no requests (the platform's "unknown" is about Prometheus).
+NO_REQUESTS = "no requests in the period: nothing to measure yet"
 
 _SUMS = ("sum(requests)::bigint AS requests, sum(server_errors)::bigint AS server_errors, "
          "sum(errors)::bigint AS errors, sum(slow)::bigint AS slow, sum(busy_seconds) AS busy_seconds")
@@ -124,7 +126,8 @@ def service_level(tenant_id: uuid.UUID, now: dt.datetime, counts: TenantWindows,
         state = slo.budget_policy(remaining)
         status = out.objectives.add(
             name=objective.name, description=objective.what, target=objective.target, bad_requests=bad,
-            budget_state=state, policy=slo.POLICY_MEANING[state], firing=_firing(counts.windows, objective))
+            budget_state=state, policy=NO_REQUESTS if state == "unknown" else slo.POLICY_MEANING[state],
+            firing=_firing(counts.windows, objective))
         if total:
             status.attained = 1 - bad / total
         if remaining is not None:
