@@ -48,10 +48,15 @@ def test_the_recorder_sorts_each_call_into_its_counts() -> None:
                            (T, minute + 1): Counts(1, 0, 0, 0, 0.1)}
 
 
+def _database_away(**kwargs: object) -> object:
+    raise ConnectionRefusedError("database away")
+
+
 def test_a_failed_flush_keeps_every_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(usage.db, "unit_of_work", _database_away)
     rec = usage.Recorder("tenant")
     rec.record(T, grpc.StatusCode.OK, 0.5, now=NOW.timestamp())
-    with pytest.raises(RuntimeError, match="database not initialised"):
+    with pytest.raises(ConnectionRefusedError, match="database away"):
         asyncio.run(rec.flush())
     rec.record(T, grpc.StatusCode.INTERNAL, 0.5, now=NOW.timestamp())
     assert list(rec.pending.values()) == [Counts(2, 1, 1, 0, 1.0)]
@@ -186,10 +191,11 @@ def test_the_burn_page_names_the_busiest_tenants() -> None:
     assert report.tenant_lines(tsp.RankTenantUsageResponse()) == ["No per-tenant usage in the last hour."]
 
 
-def test_a_failed_attribution_never_holds_the_page_back() -> None:
+def test_a_failed_attribution_never_holds_the_page_back(monkeypatch: pytest.MonkeyPatch) -> None:
     from sentinel.platform.config import Settings
     from sentinel.scheduler import periodic
 
+    monkeypatch.setattr(servicelevel.db, "unit_of_work", _database_away)
     result: dict[str, object] = {}
     lines = asyncio.run(periodic._busiest_tenants(Settings(), result))
-    assert lines == ["Tenant attribution unavailable: RuntimeError"] and result == {}
+    assert lines == ["Tenant attribution unavailable: ConnectionRefusedError"] and result == {}
