@@ -40,6 +40,7 @@ OBJECTIVES: Final = (
     Objective("error-rate", 0.99, "errors", "requests answered OK"),
     Objective("latency", 0.95, "slow", f"requests handled within {LATENCY_THRESHOLD_SECONDS:g} s"),
 )
+BY_NAME: Final[Mapping[str, Objective]] = {o.name: o for o in OBJECTIVES}
 
 
 @dataclass(frozen=True, slots=True)

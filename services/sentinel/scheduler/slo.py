@@ -54,6 +54,7 @@ from typing import Any, Final
 
 import httpx
 
+from sentinel.platform import slo as platform_slo
 from sentinel.platform.slo import POLICY_MEANING, budget_policy
 from sentinel.scheduler.notify import Message
 
@@ -84,7 +85,7 @@ __all__ = [
 ]
 
 #: The SLO: 99.9 % of requests succeed over a 30-day window.
-OBJECTIVE: Final = 0.999
+OBJECTIVE: Final = platform_slo.BY_NAME["availability"].target
 #: The ``service`` label values of the contract, in report order.
 SERVICES: Final = ("tenant", "user", "audit", "scheduler")
 #: The ``service`` label value of the platform-wide figures.

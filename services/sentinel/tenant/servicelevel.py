@@ -168,7 +168,7 @@ def check_ranking(request: tenant_service_pb2.RankTenantUsageRequest) -> tuple[i
 
 
 def _burn(counts: Counts, name: str) -> float | None:
-    objective = next(o for o in slo.OBJECTIVES if o.name == name)
+    objective = slo.BY_NAME[name]
     return slo.burn_rate(_bad(counts, objective), counts.requests, objective.target)
 
 
