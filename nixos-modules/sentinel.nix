@@ -383,10 +383,11 @@ in
       type = types.path;
       default = "${sl.stateDir}/data-keys";
       description = ''
-        Per-tenant data keys (`<tenant-id>.key`): job results (exports) are sealed with them, and
-        the tenant purge destroys them (docs/offboarding.md). Group `${sl.dataKeysGroup}` (the worker
-        writes, the scheduler reads). Keep it out of the database's backups: a backup holds only
-        ciphertext, which a destroyed key makes unreadable.
+        Per-tenant data keys (`<tenant-id>.key`): job results (exports) and the confidential input
+        of a job not yet finished (a user import's CSV) are sealed with them, and the tenant purge
+        destroys them (docs/offboarding.md). Group `${sl.dataKeysGroup}` (the worker and the
+        scheduler write). Keep it out of the database's backups: a backup holds only ciphertext,
+        which a destroyed key makes unreadable.
       '';
     };
 

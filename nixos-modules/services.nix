@@ -171,13 +171,18 @@ let
         SENTINEL_AUDIT_SIGNING_KEY_FILE = "%d/${d.auditKeyName}";
       }
       // optionalAttrs (i.service == "scheduler") {
-        SENTINEL_DATA_KEY_DIR = cfg.dataKeys.directory; # reads only: opens results for download
+        # Seals a new job's confidential input (creating the tenant's key on first use) and
+        # opens results for download.
+        SENTINEL_DATA_KEY_DIR = cfg.dataKeys.directory;
       }
       // rateLimitsEnvironment;
       credentials = [
         "${key}:${keys}/services/${key}"
       ]
       ++ optional (i.service == "audit") "${d.auditKeyName}:${keys}/audit/${d.auditKeyName}";
+      serviceConfig = optionalAttrs (i.service == "scheduler") {
+        ReadWritePaths = [ cfg.dataKeys.directory ];
+      };
     };
 
   migrateScript = pkgs.writeShellScript "sentinel-migrate" ''

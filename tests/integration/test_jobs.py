@@ -4,6 +4,7 @@ tenant downloads (its own only), retries, dead letters, cancellation and lost wo
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 import uuid
@@ -14,9 +15,9 @@ import bcrypt
 import grpc
 import httpx
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 from pydantic import SecretStr
-from sentinel.platform import db
+from sentinel.platform import datakeys, db
 from sentinel.platform.config import Settings
 from sentinel.platform.ids import uuid7
 from sentinel.scheduler import kinds, runner
@@ -27,6 +28,7 @@ from sentinel.scheduler.v1 import scheduler_service_pb2_grpc as ssg
 from sentinel.user.v1 import user_service_pb2 as usp
 from sentinel.user.v1 import user_service_pb2_grpc as usg
 from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
 
 from tests.integration.conftest import Tenant, World, audit_settled, make_tenant
 
@@ -139,6 +141,47 @@ async def test_user_import_is_all_or_nothing_and_bad_files_are_refused_up_front(
     users = await usg.UserServiceStub(world.channels["user"]).ListUsers(usp.ListUsersRequest(),
                                                                         metadata=t.owner.metadata)
     assert "cy@jobimp.example.com" not in {u.email for u in users.users}
+
+
+async def test_an_import_file_is_sealed_never_shown_and_gone_once_its_job_ends(world: World, stack: Any) -> None:
+    t = await make_tenant(world.channels, world.admin, "jobseal")
+    tenant = uuid.UUID(t.id)
+    csv = csv_of(("eve@jobseal.example.com", "eve's old password"))
+    password_hash = csv.splitlines()[1].rsplit(",", 1)[1]
+    shown = {"csv": f"[csv, {len(csv.encode())} bytes]"}
+    keys = settings_for(stack, data_key_dir=stack.data_keys_dir)
+    stack.kill_service("worker")  # the jobs stay pending while the test looks at them
+    try:
+        kept = await create(world, t, job_pb2.JOB_KIND_USER_IMPORT, csv=csv)
+        dropped = await create(world, t, job_pb2.JOB_KIND_USER_IMPORT,
+                               csv=csv_of(("mal@jobseal.example.com", "mal's old password")))
+        assert json_format.MessageToDict(kept.params) == shown  # the API shows the file's size only
+        row = await job_row(t.id, uuid.UUID(kept.id))
+        assert row.params == shown and row.input is not None and row.input_sealed
+        assert password_hash.encode() not in row.input and b"eve@" not in row.input
+        opened = await datakeys.open_record(keys, tenant, "job-input", uuid.UUID(kept.id), row.input, True)
+        assert json.loads(opened) == {"csv": csv}
+        with pytest.raises(datakeys.DataKeyError):  # bound to its job: moved onto another, it does not open
+            await datakeys.open_record(keys, tenant, "job-input", uuid.UUID(dropped.id), row.input, True)
+        await jobs(world).CancelJob(ssp.CancelJobRequest(id=dropped.id), metadata=t.owner.metadata)
+        assert (await job_row(t.id, uuid.UUID(dropped.id))).input is None
+    finally:
+        await asyncio.to_thread(stack.start_worker)
+    done = await finished(world, t, kept.id)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error  # the worker opened the sealed file
+    auth = usg.AuthServiceStub(world.channels["user"])
+    await auth.Login(usp.LoginRequest(tenant=t.slug, email="eve@jobseal.example.com", password="eve's old password"))
+    assert (await job_row(t.id, uuid.UUID(kept.id))).input is None
+    # The database itself keeps a finished job from holding an input, whatever code path tries.
+    with pytest.raises(IntegrityError, match="ck_jobs_input_until_finished"):
+        async with db.unit_of_work(tenant_id=tenant, platform=False) as session:
+            await session.execute(text("UPDATE jobs SET input = 'x' WHERE id = :id"), {"id": uuid.UUID(kept.id)})
+    # The tenant's permanent audit chain describes the files; no copy of a hash or an address in it.
+    await audit_settled()
+    async with db.unit_of_work(tenant_id=tenant, platform=False) as session:
+        diffs = (await session.scalars(text("SELECT diff::text FROM audit_events WHERE action = 'job.create'"))).all()
+    assert len(diffs) == 2 and all('"[csv, ' in d for d in diffs), diffs
+    assert not any("$2b$" in d or "@jobseal" in d for d in diffs), diffs
 
 
 async def test_creation_is_idempotent(world: World) -> None:

@@ -27,6 +27,22 @@ def _call(method: str, request: object, principal: Principal | None = ADMIN, **m
     return call
 
 
+def test_a_job_file_is_described_in_the_diff_never_copied() -> None:
+    from sentinel.scheduler import kinds  # registers how CreateJob requests are recorded
+    from sentinel.scheduler.v1 import job_pb2, scheduler_service_pb2
+
+    csv = "email,display_name,role,password_hash\nada@example.com,Ada,member,$2b$04$" + "x" * 53 + "\n"
+    request = scheduler_service_pb2.CreateJobRequest(kind=job_pb2.JOB_KIND_USER_IMPORT, max_attempts=2)
+    request.params.update({"csv": csv})
+    assert auditlog.request_diff(request) == {"kind": "JOB_KIND_USER_IMPORT", "max_attempts": 2,
+                                              "params": {"csv": f"[csv, {len(csv)} bytes]"}}
+    # A request whose kind is unknown (refused) has every parameter described.
+    odd = scheduler_service_pb2.CreateJobRequest()
+    odd.params.update({"csv": csv, "n": 1})
+    assert auditlog.request_diff(odd)["params"] == {"csv": f"[csv, {len(csv)} bytes]", "n": "[n, 3 bytes]"}
+    assert kinds.split_input(kinds.KINDS["tenant_export"], {"n": 1}) == ({"n": 1}, {})
+
+
 def test_passwords_and_tokens_never_reach_the_diff() -> None:
     create = user_service_pb2.CreateUserRequest(email="a@example.com", display_name="A", password=PASSWORD,
                                                 request_id="k1")

@@ -217,13 +217,16 @@ def test_secrets_reach_units_as_credentials(default: dict[str, Any]) -> None:
         ["sentinel-user", "sentinel-user-2"]
     assert units["sentinel-worker"]["environment"]["SENTINEL_AUDIT_PUBLIC_KEY_FILE"] == \
         f"{keys}/audit/public/audit-1.pub.pem"
-    # Data keys: the worker seals and destroys (it may write there), the scheduler opens; no one else.
+    # Data keys: the worker seals results and destroys keys, the scheduler seals job inputs and opens
+    # results (both may write there); no one else.
     data_keys = "/var/lib/sentinel/data-keys"
     assert [n for n, u in units.items() if "SENTINEL_DATA_KEY_DIR" in u["environment"]] == \
         ["sentinel-scheduler", "sentinel-worker"]
     assert units["sentinel-worker"]["environment"]["SENTINEL_DATA_KEY_DIR"] == data_keys
     assert units["sentinel-worker"]["serviceConfig"]["ReadWritePaths"] == [data_keys]
-    assert "ReadWritePaths" not in units["sentinel-scheduler"]["serviceConfig"]
+    assert units["sentinel-scheduler"]["serviceConfig"]["ReadWritePaths"] == [data_keys]
+    assert [n for n, u in units.items() if "ReadWritePaths" in u["serviceConfig"]
+            and data_keys in u["serviceConfig"]["ReadWritePaths"]] == ["sentinel-scheduler", "sentinel-worker"]
     assert {n for n, u in default["users"].items() if "sentinel-data-keys" in u["extraGroups"]} == \
         {"sentinel-scheduler", "sentinel-worker"}
     migrate = units["sentinel-migrate"]

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from sentinel.platform import auditlog
 from sentinel.platform.config import Settings
 from sentinel.platform.errors import FieldViolation, InvalidArgument
 
@@ -67,6 +68,22 @@ class Kind:
     params: Mapping[str, bool]
     run: Run
     check: Callable[[Mapping[str, Any]], list[FieldViolation]] = lambda params: []
+    #: Confidential parameters (a CSV of password hashes): kept out of ``jobs.params``, of the API
+    #: and of the audit trail, stored sealed in ``jobs.input`` until the job ends.
+    sealed: frozenset[str] = frozenset()
+
+
+def describe(name: str, value: Any) -> str:
+    """What is shown of a confidential parameter: its size, never its content."""
+    size = len(value.encode()) if isinstance(value, str) else len(json.dumps(value).encode())
+    return f"[{name}, {size} bytes]"
+
+
+def split_input(kind: Kind | None, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(shown, confidential)``: the parameters with each confidential one described, and those
+    alone. A kind nobody knows (a refused request) has every parameter treated as confidential."""
+    secret = {k: v for k, v in params.items() if kind is None or k in kind.sealed}
+    return {k: describe(k, v) if k in secret else v for k, v in params.items()}, secret
 
 
 def validate(kind: Kind, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,5 +200,18 @@ async def user_import(ctx: Context, session: AsyncSession) -> Output:
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("audit_export", {}, audit_export),
     Kind("tenant_export", {}, tenant_export),
-    Kind("user_import", {"csv": True}, user_import, _check_csv),
+    Kind("user_import", {"csv": True}, user_import, _check_csv, sealed=frozenset({"csv"})),
 )}
+
+
+def _audited_create_job(request: dict[str, Any]) -> dict[str, Any]:
+    """A CreateJob request as its audit events record it (refusals included): confidential
+    parameters described, not copied into the tenant's permanent chain."""
+    name = str(request.get("kind", "")).removeprefix("JOB_KIND_").lower()
+    params = request.get("params")
+    if isinstance(params, dict):
+        request = {**request, "params": split_input(KINDS.get(name), params)[0]}
+    return request
+
+
+auditlog.DESCRIBE_REQUEST["sentinel.scheduler.v1.CreateJobRequest"] = _audited_create_job

@@ -1,4 +1,4 @@
-"""The ``jobs``, ``job_results`` and ``periodic_runs`` tables (migrations 0011, 0012)."""
+"""The ``jobs``, ``job_results`` and ``periodic_runs`` tables (migrations 0011, 0012, 0014)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,12 @@ class JobRow(Base):
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
     kind: Mapped[str] = mapped_column(String(40))
     state: Mapped[str] = mapped_column(String(20), default="pending")
+    #: What the job was asked, as shown and audited: a confidential parameter only described.
     params: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    #: The confidential parameters (JSON), sealed with the tenant's data key when ``input_sealed``;
+    #: NULL once the job has finished (a CHECK of the table).
+    input: Mapped[bytes | None] = mapped_column(LargeBinary)
+    input_sealed: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     timeout_seconds: Mapped[int] = mapped_column(Integer, default=600)

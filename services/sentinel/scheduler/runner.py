@@ -46,9 +46,10 @@ _CLAIM = text("""
            lease_until = now() + make_interval(secs => timeout_seconds + :grace), update_time = now(),
            version = version + 1, error = ''
     WHERE tenant_id = :tenant AND id = :id AND state = 'pending' AND next_attempt_time <= now()
-    RETURNING kind, params, attempts, max_attempts, timeout_seconds""")
+    RETURNING kind, params, input, input_sealed, attempts, max_attempts, timeout_seconds""")
+# Every transition that ends a job clears its input (a CHECK of the table insists).
 _SUCCEED = text("""
-    UPDATE jobs SET state = 'succeeded', progress_percent = 100, end_time = now(), lease_until = NULL,
+    UPDATE jobs SET state = 'succeeded', progress_percent = 100, end_time = now(), lease_until = NULL, input = NULL,
            summary = CAST(:summary AS jsonb), update_time = now(), version = version + 1
     WHERE tenant_id = :tenant AND id = :id AND state = 'running' AND attempts = :attempt""")
 _RETRY = text("""
@@ -56,8 +57,8 @@ _RETRY = text("""
            next_attempt_time = now() + make_interval(secs => :delay), version = version + 1
     WHERE tenant_id = :tenant AND id = :id AND state = 'running' AND attempts = :attempt""")
 _GIVE_UP = text("""
-    UPDATE jobs SET state = :state, lease_until = NULL, error = :error, end_time = now(), update_time = now(),
-           version = version + 1
+    UPDATE jobs SET state = :state, lease_until = NULL, input = NULL, error = :error, end_time = now(),
+           update_time = now(), version = version + 1
     WHERE tenant_id = :tenant AND id = :id AND state = 'running' AND attempts = :attempt""")
 
 
@@ -98,8 +99,9 @@ async def run(settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID,
     kind, attempt = str(claimed.kind), int(claimed.attempts)
     where = {"tenant": tenant_id, "id": job_id, "attempt": attempt}
     started = time.perf_counter()
-    ctx = Context(tenant_id, job_id, claimed.params or {}, settings, attempt)
     try:
+        params = {**(claimed.params or {}), **await _input(settings, tenant_id, job_id, claimed)}
+        ctx = Context(tenant_id, job_id, params, settings, attempt)
         async with asyncio.timeout(claimed.timeout_seconds):
             async with db.unit_of_work(tenant_id=tenant_id, platform=False) as session:
                 output = await KINDS[kind].run(ctx, session)
@@ -135,6 +137,19 @@ async def run(settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID,
     return outcome
 
 
+async def _input(settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID, claimed: Any) -> dict[str, Any]:
+    """The job's confidential parameters, opened (a key destroyed or a blob moved: the job fails)."""
+    if claimed.input is None:
+        return {}
+    try:
+        data = await datakeys.open_record(settings, tenant_id, "job-input", job_id, claimed.input,
+                                          claimed.input_sealed)
+    except datakeys.DataKeyError as e:
+        raise JobFailed(f"the job's input cannot be opened: {e}") from None
+    value: dict[str, Any] = json.loads(data)
+    return value
+
+
 async def _retry_or_give_up(settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID, kind: str, attempt: int,
                             claimed: Any, where: dict[str, Any], e: Exception,
                             enqueue_retry: Callable[[uuid.UUID, uuid.UUID, float], None] | None) -> Outcome:
@@ -167,6 +182,7 @@ _DUE = text("""
 _LEASE_EXPIRED = text("""
     UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'dead_letter' ELSE 'pending' END,
            end_time = CASE WHEN attempts >= max_attempts THEN now() END,
+           input = CASE WHEN attempts >= max_attempts THEN NULL ELSE input END,
            error = 'the worker running it stopped before finishing (lease expired)', lease_until = NULL,
            next_attempt_time = now(), update_time = now(), version = version + 1
     WHERE state = 'running' AND lease_until < now()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
@@ -25,7 +26,7 @@ from sentinel.platform.ids import parse_uuid, uuid7
 from sentinel.platform.pagination import check_etag, etag, page_size
 from sentinel.platform.server import Runtime, ServiceSpec
 from sentinel.scheduler import periodic, queue
-from sentinel.scheduler.kinds import KINDS, validate
+from sentinel.scheduler.kinds import KINDS, split_input, validate
 from sentinel.scheduler.models import JobResultRow, JobRow
 from sentinel.scheduler.v1 import job_pb2, scheduler_service_pb2, scheduler_service_pb2_grpc
 
@@ -40,8 +41,7 @@ FINAL = ("succeeded", "failed", "cancelled", "dead_letter")
 
 def to_proto(row: JobRow) -> job_pb2.Job:
     params = struct_pb2.Struct()
-    params.update({k: (f"[csv, {len(v)} bytes]" if k == "csv" and isinstance(v, str) else v)
-                   for k, v in (row.params or {}).items()})
+    params.update(row.params or {})  # confidential parameters are stored described (kinds.split_input)
     return job_pb2.Job(
         id=str(row.id), tenant_id=str(row.tenant_id), kind=KIND.value(row.kind), params=params,
         state=STATE.value(row.state), attempts=row.attempts, max_attempts=row.max_attempts,
@@ -70,8 +70,14 @@ class SchedulerApi(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             raise InvalidArgument(f"max_attempts must be between 1 and {MAX_ATTEMPTS}",
                                   [FieldViolation("max_attempts", "out of range")])
         tenant_id, job_id = call.tenant_id, uuid7()
+        shown, secret = split_input(kind, params)
+        sealed_input, sealed = None, False
+        if secret:
+            sealed_input, sealed = await datakeys.seal_record(self.settings, tenant_id, "job-input", job_id,
+                                                              json.dumps(secret).encode())
         async with db.unit_of_work() as session:
-            row = JobRow(tenant_id=tenant_id, id=job_id, kind=kind.name, params=params, max_attempts=attempts,
+            row = JobRow(tenant_id=tenant_id, id=job_id, kind=kind.name, params=shown, input=sealed_input,
+                         input_sealed=sealed, max_attempts=attempts,
                          timeout_seconds=self.settings.job_timeout_seconds, creator_id=call.principal.subject,
                          state="pending", attempts=0, progress_percent=0, error="", summary={}, version=1)
             session.add(row)
@@ -119,7 +125,7 @@ class SchedulerApi(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                                          reason="JOB_FINISHED")
             # A running job's worker commits nothing once the row is no longer running (runner).
             await session.execute(update(JobRow).where(JobRow.tenant_id == row.tenant_id, JobRow.id == job_id).values(
-                state="cancelled", end_time=dt.datetime.now(dt.UTC), lease_until=None,
+                state="cancelled", end_time=dt.datetime.now(dt.UTC), lease_until=None, input=None,
                 update_time=dt.datetime.now(dt.UTC), version=JobRow.version + 1))
             await session.refresh(row)
         return pb.CancelJobResponse(job=to_proto(row))
