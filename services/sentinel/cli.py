@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 SERVICES = ("tenant", "user", "audit", "scheduler")
 
@@ -232,6 +233,58 @@ def _admin_audit_retention(ns: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _admin_tenant_usage(ns: argparse.Namespace) -> int:
+    """The noisy-neighbour ranking (RankTenantUsage) for on-call, straight from the database."""
+    import datetime as dt
+
+    from google.protobuf import json_format
+
+    from sentinel.platform import db
+    from sentinel.platform.auth import PLATFORM_TENANT_ID
+    from sentinel.platform.config import get_settings
+    from sentinel.platform.errors import SentinelError
+    from sentinel.tenant import servicelevel
+    from sentinel.tenant.v1 import tenant_service_pb2
+
+    try:  # the same limits as the RPC
+        minutes, service, limit = servicelevel.check_ranking(tenant_service_pb2.RankTenantUsageRequest(
+            window_minutes=ns.minutes, service=ns.service, limit=ns.limit))
+    except SentinelError as e:
+        print(f"sentinel admin tenant-usage: {e.message}", file=sys.stderr)
+        return 2
+
+    async def run() -> tenant_service_pb2.RankTenantUsageResponse:
+        settings = get_settings()
+        db.init(settings)
+        try:
+            async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:
+                return await servicelevel.rank_tenant_usage(
+                    session, dt.datetime.now(dt.UTC), minutes=minutes, service=service, limit=limit,
+                    noisy_share=settings.noisy_neighbour_share)
+        finally:
+            await db.dispose()
+
+    ranking = asyncio.run(run())
+    if ns.json:
+        print(json_format.MessageToJson(ranking, preserving_proto_field_name=True))
+        return 0
+
+    def burn(usage: tenant_service_pb2.TenantUsage,
+             field: Literal["availability_burn_rate", "latency_burn_rate"]) -> str:
+        return f"{getattr(usage, field):.1f}x" if usage.HasField(field) else "-"  # unset: too few calls
+
+    print(f"{ranking.requests} call(s), {ranking.busy_seconds:.1f} s of handling time in the last {minutes} min"
+          f"{' (' + service + ' service)' if service else ''}; tenants burning a budget beside a heavy one: "
+          f"{ranking.impacted_tenants}")
+    print(f"{'tenant':<30} {'calls':>9} {'share':>6} {'busy s':>9} {'share':>6} {'5xx':>6} {'slow':>6} "
+          f"{'avail':>7} {'latency':>7}")
+    for u in ranking.tenants:
+        print(f"{u.slug or u.tenant_id:<30} {u.requests:>9} {u.request_share:>6.1%} {u.busy_seconds:>9.1f} "
+              f"{u.busy_share:>6.1%} {u.server_errors:>6} {u.slow_requests:>6} {burn(u, 'availability_burn_rate'):>7} "
+              f"{burn(u, 'latency_burn_rate'):>7}" + ("  NOISY" if u.noisy else ""))
+    return 0
+
+
 def _admin_keygen(ns: argparse.Namespace) -> int:
     from sentinel.platform.keys import generate_signing_key
 
@@ -442,6 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = admin.add_parser("audit-retention", help="cut audit events past each tenant's retention")
     p.add_argument("--batch", type=int, default=5000, help="events deleted per transaction")
     p.set_defaults(func=_admin_audit_retention)
+
+    p = admin.add_parser("tenant-usage", help="the busiest tenants of a recent window, noisy neighbours marked")
+    p.add_argument("--minutes", type=int, default=60, help="window, 1-2880 minutes (default 60)")
+    p.add_argument("--service", default="", help="one service (tenant, user, audit, scheduler); default all")
+    p.add_argument("--limit", type=int, default=20, help="tenants shown, 1-100 (default 20)")
+    p.add_argument("--json", action="store_true", help="RankTenantUsage's JSON instead of a table")
+    p.set_defaults(func=_admin_tenant_usage)
 
     p = admin.add_parser("keygen", help="create an Ed25519 token-signing key pair (for rotation)")
     p.add_argument("directory", type=Path, help="key directory; public keys go to DIRECTORY/public")

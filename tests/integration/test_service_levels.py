@@ -9,6 +9,9 @@ shared CI machine would be neither quick nor deterministic.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -151,6 +154,33 @@ async def test_the_noisy_neighbour_is_named(world: World, admin_headers: dict[st
     # Filtered to another service, the hog's user-service time is not there.
     r = await rest.get("/api/v1/tenant-usage", params={"service": "audit", "limit": 100}, headers=admin_headers)
     assert hog not in {t["tenant_id"] for t in r.json().get("tenants", [])}
+
+
+async def sentinel_cli(stack: Any, *args: str) -> tuple[int, str, str]:
+    env = {**os.environ, "SENTINEL_DATABASE_URL": stack.app_url}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "sentinel", *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_on_call_ranks_tenants_from_the_command_line(world: World, stack: Any) -> None:
+    hog, hog_slug = await bare_tenant("clihog")
+    victim, victim_slug = await bare_tenant("clivictim")
+    await insert_usage(hog, requests=40_000, busy_seconds=1_000_000, service="scheduler")
+    await insert_usage(victim, requests=300, server_errors=30, busy_seconds=5, service="scheduler")
+    code, out, err = await sentinel_cli(stack, "admin", "tenant-usage", "--minutes", "5", "--service", "scheduler")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "(scheduler service)" in lines[0] and lines[1].split()[:2] == ["tenant", "calls"]
+    assert lines[2].startswith(hog_slug) and lines[2].endswith("NOISY"), out  # the busiest, marked
+    mine = next(line for line in lines if line.startswith(victim_slug))
+    assert mine.split()[1] == "300" and "100.0x" in mine and "NOISY" not in mine, out  # 10 % 5xx: 100x burn
+    code, out, _ = await sentinel_cli(stack, "admin", "tenant-usage", "--service", "scheduler", "--json")
+    ranked = {t["tenant_id"]: t for t in json.loads(out)["tenants"]}
+    assert code == 0 and ranked[hog]["noisy"] is True and ranked[victim]["server_errors"] == "30"
+    code, _, err = await sentinel_cli(stack, "admin", "tenant-usage", "--minutes", "99999")
+    assert code == 2 and "window_minutes: must be 1-2880" in err, err  # the RPC's limits, the RPC's words
 
 
 @pytest.mark.parametrize("params", [{"window_minutes": 2881}, {"window_minutes": -1}, {"limit": 101},
