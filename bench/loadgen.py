@@ -10,11 +10,13 @@ h2load and :func:`py_load` run closed loop (a fixed number of requests in flight
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import multiprocessing
 import os
 import re
 import shutil
+import statistics
 import struct
 import subprocess
 import tempfile
@@ -107,6 +109,21 @@ def h2load(name: str, url: str, *, headers: dict[str, str], body: bytes | None, 
     match = re.search(r"finished in ([\d.]+)(m?s)", out)
     measured = float(match.group(1)) / (1000 if match.group(2) == "ms" else 1) - warmup if match else seconds
     return Result(name, len(lines), measured, latencies, errors, cpu)
+
+
+def h2load_spread(name: str, urls: list[str], *, clients: int, pids: dict[str, int], **options: Any) -> Result:
+    """:func:`h2load` at several instances at once, ``clients`` connections shared out among them
+    (what a client balancing over the instances does), merged into one result: requests add up
+    over the same window; each process's CPU is what it spent in that window."""
+    if len(urls) == 1:
+        return h2load(name, urls[0], clients=clients, pids=pids, **options)
+    per = max(1, clients // len(urls))
+    with concurrent.futures.ThreadPoolExecutor(len(urls)) as pool:
+        parts = list(pool.map(lambda url: h2load(name, url, clients=per, pids=pids, **options), urls))
+    cpu = {k: statistics.mean(p.cpu_seconds[k] for p in parts) for k in pids}  # each part saw the same window
+    cpu["bench-client"] = sum(p.cpu_seconds["bench-client"] for p in parts)  # one h2load each
+    return Result(name, sum(p.requests for p in parts), statistics.mean(p.seconds for p in parts),
+                  [us for p in parts for us in p.latencies_us], sum(p.errors for p in parts), cpu)
 
 
 async def asyncpg_loop(name: str, dsn: str, tenant_id: str, sql: str, args: tuple[Any, ...], *,

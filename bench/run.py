@@ -23,7 +23,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import Result, asyncpg_loop, grpc_frame, h2load
+from loadgen import Result, asyncpg_loop, grpc_frame, h2load, h2load_spread
 from sentinel.common.v1 import common_pb2
 from sentinel.tenant.v1 import tenant_service_pb2 as tsp
 from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
@@ -69,6 +69,15 @@ def scrape_errors(metrics_url: str, method: str) -> dict[str, float]:
     return counts
 
 
+def service_errors(metrics_urls: list[str], method: str) -> dict[str, float]:
+    """:func:`scrape_errors` summed over the instances."""
+    total: dict[str, float] = {}
+    for url in metrics_urls:
+        for code, n in scrape_errors(url, method).items():
+            total[code] = total.get(code, 0.0) + n
+    return total
+
+
 def table(results: list[Result], processes: list[str]) -> str:
     head = f"{'workload':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} " + " ".join(
         f"{'cpu-us/req ' + p:>20}" for p in processes)
@@ -85,24 +94,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="h2load connections")
     parser.add_argument("--streams", type=int, default=8, help="concurrent streams per connection")
     parser.add_argument("--users", type=int, default=60)
+    parser.add_argument("--user-instances", type=int, default=1,
+                        help="user-service processes; direct gRPC then spreads the connections over them "
+                             "(as a balancing client does) and Envoy balances over them")
     parser.add_argument("--json", type=Path, help="also write the results here")
     ns = parser.parse_args(argv)
     concurrency = ns.clients * ns.streams
 
     from sentinel.devstack.bench import bench_stack
 
-    with tempfile.TemporaryDirectory(prefix="sentinel-bench-") as tmp, bench_stack(Path(tmp)) as stack:
+    instances = {"user": ns.user_instances}
+    with tempfile.TemporaryDirectory(prefix="sentinel-bench-") as tmp, \
+            bench_stack(Path(tmp), instances=instances) as stack:
         ids = asyncio.run(seed(stack.service_target("user"), stack.service_target("tenant"),
                                stack.admin_email, stack.admin_password, ns.users))
         auth = {"authorization": f"Bearer {ids['token']}"}
         grpc_headers = {**auth, "content-type": "application/grpc", "te": "trailers"}
-        pids = {"user-svc": stack.pid("user"), "envoy": stack.pid("envoy")}
+        users = stack.instance_names("user")
+        pids = {("user-svc" if n == "user" else n): stack.pid(n) for n in users} | {"envoy": stack.pid("envoy")}
+        instance_urls = [f"http://{stack.service_target(n)}" for n in users]
         get_body = grpc_frame(usp.GetUserRequest(id=ids["user_id"]).SerializeToString())
         list_body = grpc_frame(usp.ListUsersRequest(page_size=50).SerializeToString())
         user_url = f"http://{stack.service_target('user')}"
         run = {"seconds": ns.seconds, "clients": ns.clients, "streams": ns.streams, "pids": pids}
-        metrics = stack.metrics_url("user")
-        errors_before = {m: scrape_errors(metrics, m) for m in ("GetUser", "ListUsers")}
+        metrics = [stack.metrics_url(n) for n in users]
+        errors_before = {m: service_errors(metrics, m) for m in ("GetUser", "ListUsers")}
 
         empty = grpc_frame(b"")
         results = [
@@ -114,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(asyncpg_loop("GetUser   raw asyncpg (same tx)", stack.app_dsn, ids["tenant_id"],
                                      "SELECT * FROM users WHERE id = $1", (ids["user_id"],),
                                      seconds=ns.seconds, concurrency=concurrency, pool_size=10)),
-            h2load("GetUser   gRPC direct", f"{user_url}/sentinel.user.v1.UserService/GetUser",
-                   headers=grpc_headers, body=get_body, **run),
+            h2load_spread("GetUser   gRPC direct", [f"{u}/sentinel.user.v1.UserService/GetUser" for u in
+                                                       instance_urls], headers=grpc_headers, body=get_body, **run),
             h2load("GetUser   gRPC via Envoy", f"{stack.rest_url}/sentinel.user.v1.UserService/GetUser",
                    headers=grpc_headers, body=get_body, **run),
             h2load("GetUser   REST via Envoy", f"{stack.rest_url}/api/v1/users/{ids['user_id']}",
@@ -123,20 +139,24 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(asyncpg_loop("ListUsers raw asyncpg (same tx)", stack.app_dsn, ids["tenant_id"],
                                      "SELECT * FROM users ORDER BY create_time, id LIMIT 51", (),
                                      seconds=ns.seconds, concurrency=concurrency, pool_size=10)),
-            h2load("ListUsers gRPC direct", f"{user_url}/sentinel.user.v1.UserService/ListUsers",
-                   headers=grpc_headers, body=list_body, **run),
+            h2load_spread("ListUsers gRPC direct", [f"{u}/sentinel.user.v1.UserService/ListUsers" for u in
+                                                       instance_urls], headers=grpc_headers, body=list_body, **run),
             h2load("ListUsers REST via Envoy", f"{stack.rest_url}/api/v1/users?page_size=50",
                    headers=auth, body=None, **run),
         ]
         # h2load sees HTTP 200 for gRPC errors too: count failures from the service's own metrics.
         grpc_errors = {}
         for m in ("GetUser", "ListUsers"):
-            after = scrape_errors(metrics, m)
+            after = service_errors(metrics, m)
             grpc_errors[m] = {code: n - errors_before[m].get(code, 0.0) for code, n in after.items()
                               if n > errors_before[m].get(code, 0.0)}
 
+    for r in results:  # "user-svc": every user-service instance together
+        r.cpu_seconds["user-svc"] = sum(r.cpu_seconds.pop(k, 0.0) for k in pids if k == "user-svc" or k in users)
     print(f"\nSentinel benchmark — Python {platform.python_version()}, grpcio {grpc.__version__}, "
-          f"concurrency {concurrency} ({ns.clients} conns x {ns.streams} streams), {ns.seconds:.0f} s each")
+          f"concurrency {concurrency} ({ns.clients} conns x {ns.streams} streams), {ns.seconds:.0f} s each, "
+          f"{ns.user_instances} user-service instance(s)"
+          + (" (Health and WhoAmI: the first alone)" if ns.user_instances > 1 else ""))
     print(table(results, ["user-svc", "envoy", "bench-client"]))
     # CANCELLED here: calls in flight when a load generator stopped (it resets its streams).
     print(f"\nservice-side errors during the runs, by code: {grpc_errors}")

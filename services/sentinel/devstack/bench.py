@@ -27,11 +27,12 @@ BENCH_LIMITS = {
 
 
 @contextlib.contextmanager
-def bench_stack(base: Path, env: Mapping[str, str] | None = None) -> Iterator[Stack]:
-    """``env`` is added to (and wins over) the benchmark defaults."""
+def bench_stack(base: Path, env: Mapping[str, str] | None = None,
+                instances: Mapping[str, int] | None = None) -> Iterator[Stack]:
+    """``env`` is added to (and wins over) the benchmark defaults; ``instances`` as :class:`Stack`'s."""
     base.chmod(0o711)  # a Postgres system user (when root) must traverse it
     full = {"SENTINEL_BOOTSTRAP_ADMIN_EMAIL": "bench-admin@sentinel.local",
             "SENTINEL_BOOTSTRAP_ADMIN_PASSWORD": secrets.token_urlsafe(18),
             "SENTINEL_LOG_LEVEL": "WARNING", **BENCH_LIMITS, **(env or {})}
-    with Stack(base / "data", ports=Ports.free(), env=full, echo=sys.stderr) as stack:
+    with Stack(base / "data", ports=Ports.free(), env=full, echo=sys.stderr, instances=instances) as stack:
         yield stack
