@@ -273,15 +273,16 @@ def _admin_tenant_usage(ns: argparse.Namespace) -> int:
              field: Literal["availability_burn_rate", "latency_burn_rate"]) -> str:
         return f"{getattr(usage, field):.1f}x" if usage.HasField(field) else "-"  # unset: too few calls
 
-    print(f"{ranking.requests} call(s), {ranking.busy_seconds:.1f} s of handling time in the last {minutes} min"
-          f"{' (' + service + ' service)' if service else ''}; tenants burning a budget beside a heavy one: "
-          f"{ranking.impacted_tenants}")
-    print(f"{'tenant':<30} {'calls':>9} {'share':>6} {'busy s':>9} {'share':>6} {'5xx':>6} {'slow':>6} "
-          f"{'avail':>7} {'latency':>7}")
+    print(f"{ranking.requests} call(s), {ranking.busy_seconds:.1f} s of handling time, {ranking.db_seconds:.1f} s "
+          f"of database time in the last {minutes} min{' (' + service + ' service)' if service else ''}; "
+          f"tenants burning a budget beside a heavy one: {ranking.impacted_tenants}")
+    print(f"{'tenant':<30} {'calls':>9} {'share':>6} {'busy s':>9} {'share':>6} {'db s':>8} {'share':>6} "
+          f"{'5xx':>6} {'slow':>6} {'avail':>7} {'latency':>7}")
     for u in ranking.tenants:
         print(f"{u.slug or u.tenant_id:<30} {u.requests:>9} {u.request_share:>6.1%} {u.busy_seconds:>9.1f} "
-              f"{u.busy_share:>6.1%} {u.server_errors:>6} {u.slow_requests:>6} {burn(u, 'availability_burn_rate'):>7} "
-              f"{burn(u, 'latency_burn_rate'):>7}" + ("  NOISY" if u.noisy else ""))
+              f"{u.busy_share:>6.1%} {u.db_seconds:>8.1f} {u.db_share:>6.1%} {u.server_errors:>6} "
+              f"{u.slow_requests:>6} {burn(u, 'availability_burn_rate'):>7} {burn(u, 'latency_burn_rate'):>7}"
+              + ("  NOISY" if u.noisy else ""))
     return 0
 
 

@@ -44,14 +44,15 @@ def objective(level: tsp.ServiceLevel, name: str) -> tsp.ObjectiveStatus:
 
 
 async def insert_usage(tenant_id: str, *, requests: int, server_errors: int = 0, errors: int = 0, slow: int = 0,
-                       busy_seconds: float, service: str = "user") -> None:
+                       busy_seconds: float, db_seconds: float = 0.0, service: str = "user") -> None:
     async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:
         for table, bucket in (("tenant_usage_minutes", "minute"), ("tenant_usage_hours", "hour")):
             await session.execute(text(
                 f"INSERT INTO {table} (tenant_id, service, bucket, requests, server_errors, errors, slow, "  # noqa: S608
-                f"busy_seconds) VALUES (:t, :service, date_trunc('{bucket}', now()), :r, :se, :e, :s, :b)"),
+                f"busy_seconds, db_seconds) VALUES (:t, :service, date_trunc('{bucket}', now()), :r, :se, :e, :s, "
+                ":b, :db)"),
                 {"t": uuid.UUID(tenant_id), "service": service, "r": requests, "se": server_errors,
-                 "e": max(errors, server_errors), "s": slow, "b": busy_seconds})
+                 "e": max(errors, server_errors), "s": slow, "b": busy_seconds, "db": db_seconds})
 
 
 async def test_a_tenants_own_calls_make_its_service_level(world: World, rest: httpx.AsyncClient) -> None:
@@ -95,6 +96,9 @@ async def test_a_tenants_own_calls_make_its_service_level(world: World, rest: ht
     assert {s.service for s in after.services} >= {"tenant", "user"}
     assert sum(s.requests for s in after.services) == after.requests
     assert all(s.busy_seconds > 0 for s in after.services)
+    # Database time is part of handling time; the user service's GetUser reads always touch Postgres.
+    assert all(0 <= s.db_seconds <= s.busy_seconds for s in after.services)
+    assert next(s for s in after.services if s.service == "user").db_seconds > 0
 
     # REST, as the tenant's member: the same figures in snake_case JSON.
     r = await rest.get(f"/api/v1/tenants/{t.id}/service-level", headers=t.member.headers)
@@ -167,8 +171,8 @@ async def sentinel_cli(stack: Any, *args: str) -> tuple[int, str, str]:
 async def test_on_call_ranks_tenants_from_the_command_line(world: World, stack: Any) -> None:
     hog, hog_slug = await bare_tenant("clihog")
     victim, victim_slug = await bare_tenant("clivictim")
-    await insert_usage(hog, requests=40_000, busy_seconds=1_000_000, service="scheduler")
-    await insert_usage(victim, requests=300, server_errors=30, busy_seconds=5, service="scheduler")
+    await insert_usage(hog, requests=40_000, busy_seconds=1_000_000, db_seconds=600_000, service="scheduler")
+    await insert_usage(victim, requests=300, server_errors=30, busy_seconds=5, db_seconds=2, service="scheduler")
     code, out, err = await sentinel_cli(stack, "admin", "tenant-usage", "--minutes", "5", "--service", "scheduler")
     assert code == 0, err
     lines = out.splitlines()
@@ -179,6 +183,7 @@ async def test_on_call_ranks_tenants_from_the_command_line(world: World, stack: 
     code, out, _ = await sentinel_cli(stack, "admin", "tenant-usage", "--service", "scheduler", "--json")
     ranked = {t["tenant_id"]: t for t in json.loads(out)["tenants"]}
     assert code == 0 and ranked[hog]["noisy"] is True and ranked[victim]["server_errors"] == "30"
+    assert ranked[hog]["db_share"] > 0.99 and ranked[victim]["db_seconds"] >= 2
     code, _, err = await sentinel_cli(stack, "admin", "tenant-usage", "--minutes", "99999")
     assert code == 2 and "window_minutes: must be 1-2880" in err, err  # the RPC's limits, the RPC's words
 
@@ -202,13 +207,13 @@ async def test_flushes_of_several_instances_add_up(world: World) -> None:
     now = time.time()
     one, two = usage.Recorder("scheduler"), usage.Recorder("scheduler")
     for rec in (one, two):
-        rec.record(uuid.UUID(tenant), grpc.StatusCode.OK, 0.5, now=now)
+        rec.record(uuid.UUID(tenant), grpc.StatusCode.OK, 0.5, 0.25, now=now)
         rec.record(uuid.UUID(tenant), grpc.StatusCode.UNAVAILABLE, 1.5, now=now)
         rec.record(uuid.uuid4(), grpc.StatusCode.OK, 0.1, now=now)  # no such tenant: skipped
     assert await asyncio.gather(one.flush(), two.flush()) == [1, 1]
     async with db.unit_of_work(tenant_id=uuid.UUID(tenant), platform=False) as session:
         rows = (await session.execute(text(
-            "SELECT requests, server_errors, errors, slow, busy_seconds FROM tenant_usage_minutes"))).all()
-        hours = (await session.execute(text("SELECT requests FROM tenant_usage_hours"))).all()
-    assert [tuple(r) for r in rows] == [(4, 2, 2, 2, 4.0)] and [tuple(h) for h in hours] == [(4,)]
+            "SELECT requests, server_errors, errors, slow, busy_seconds, db_seconds FROM tenant_usage_minutes"))).all()
+        hours = (await session.execute(text("SELECT requests, db_seconds FROM tenant_usage_hours"))).all()
+    assert [tuple(r) for r in rows] == [(4, 2, 2, 2, 4.0, 0.5)] and [tuple(h) for h in hours] == [(4, 0.5)]
     assert one.pending == {} and two.pending == {}

@@ -36,7 +36,7 @@ def test_tenant_objectives_are_the_platform_ones() -> None:
 def test_the_recorder_sorts_each_call_into_its_counts() -> None:
     rec = usage.Recorder("user")
     now = NOW.timestamp()
-    rec.record(T, grpc.StatusCode.OK, 0.2, now=now)
+    rec.record(T, grpc.StatusCode.OK, 0.2, 0.05, now=now)            # 50 ms of it in transactions
     rec.record(T, grpc.StatusCode.NOT_FOUND, 0.1, now=now)           # client error: error-rate only
     rec.record(T, grpc.StatusCode.UNAVAILABLE, 0.3, now=now)         # server error: both
     rec.record(T, grpc.StatusCode.OK, 1.5, now=now)                  # slow
@@ -44,7 +44,7 @@ def test_the_recorder_sorts_each_call_into_its_counts() -> None:
     rec.record(T, grpc.StatusCode.OK, 0.1, now=now + 60)             # the next minute
     rec.record(None, grpc.StatusCode.INTERNAL, 9.0, now=now)         # no tenant: not counted
     minute = int(now // 60)
-    assert rec.pending == {(T, minute): Counts(5, 1, 2, 1, pytest.approx(3.1)),  # type: ignore[arg-type]
+    assert rec.pending == {(T, minute): Counts(5, 1, 2, 1, pytest.approx(3.1), 0.05),  # type: ignore[arg-type]
                            (T, minute + 1): Counts(1, 0, 0, 0, 0.1)}
 
 
@@ -161,6 +161,21 @@ def test_the_busy_tenant_is_noisy_only_while_a_neighbour_suffers() -> None:
     assert [t.slug for t in ranked] == ["hog"]
 
 
+def test_a_tenant_heavy_on_the_database_alone_is_noisy_too() -> None:
+    # Few, cheap-looking calls that hold the shared pool: 80 % of the database time, 20 % of handling.
+    locker = Counts(requests=50, busy_seconds=20.0, db_seconds=19.0)
+    busy = Counts(requests=5000, busy_seconds=70.0, db_seconds=4.0)
+    victim = Counts(requests=100, slow=10, busy_seconds=10.0, db_seconds=1.0)
+    total, impacted, ranked = servicelevel.rank(rows(locker=locker, busy=busy, victim=victim), noisy_share=0.3,
+                                                limit=10)
+    assert total.db_seconds == 24.0 and impacted == 1
+    shown = {t.slug: t for t in ranked}
+    assert shown["locker"].noisy and shown["locker"].db_share == pytest.approx(19 / 24)
+    assert shown["locker"].busy_share == pytest.approx(0.2)
+    assert shown["busy"].noisy and not shown["victim"].noisy  # busy: 70 % of the handling time
+    assert [t.slug for t in ranked] == ["busy", "locker", "victim"]  # ordered by handling time
+
+
 def test_ranking_parameters_are_checked() -> None:
     assert servicelevel.check_ranking(tsp.RankTenantUsageRequest()) == (60, "", 20)
     from sentinel.platform.errors import InvalidArgument
@@ -180,12 +195,12 @@ def test_the_burn_page_names_the_busiest_tenants() -> None:
     from sentinel.scheduler import slo as report
 
     ranking = tsp.RankTenantUsageResponse(impacted_tenants=2, tenants=[
-        tsp.TenantUsage(slug="hog", busy_share=0.82, request_share=0.6, availability_burn_rate=0.0,
+        tsp.TenantUsage(slug="hog", busy_share=0.82, db_share=0.9, request_share=0.6, availability_burn_rate=0.0,
                         latency_burn_rate=0.5, noisy=True),
         tsp.TenantUsage(slug="quiet", busy_share=0.1, request_share=0.3)])
     lines = report.tenant_lines(ranking)
     assert lines[0] == "Busiest tenants over the last hour (2 other tenant(s) burning budget):"
-    assert lines[1] == ("NOISY NEIGHBOUR hog: 82 % of handling time, 60 % of requests; "
+    assert lines[1] == ("NOISY NEIGHBOUR hog: 82 % of handling time, 90 % of database time, 60 % of requests; "
                         "availability burn 0.0x, latency burn 0.5x")
     assert lines[2].startswith("quiet: 10 %") and "availability burn no data" in lines[2]
     assert report.tenant_lines(tsp.RankTenantUsageResponse()) == ["No per-tenant usage in the last hour."]

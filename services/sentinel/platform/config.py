@@ -136,8 +136,8 @@ class Settings(BaseSettings):
     usage_flush_seconds: float = Field(default=10.0, gt=0, le=300)
     usage_minute_retention_hours: int = Field(default=48, ge=7, le=24 * 14)
     usage_hour_retention_days: int = Field(default=35, ge=31, le=400)
-    # A tenant taking at least this share of a service's handling time while other tenants burn
-    # their error budget is reported as a noisy neighbour.
+    # A tenant taking at least this share of the handling time or of the database time while other
+    # tenants burn their error budget is reported as a noisy neighbour.
     noisy_neighbour_share: float = Field(default=0.3, gt=0, le=1)
     # Off only for measuring what recording costs (bench/audit.py); a warning is logged at start.
     audit_recording: bool = True

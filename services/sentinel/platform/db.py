@@ -21,6 +21,7 @@ import contextlib
 import inspect
 import logging
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
@@ -137,6 +138,7 @@ async def unit_of_work(*, tenant_id: uuid.UUID | None = None, platform: bool | N
         raise RuntimeError("database not initialised")
     callbacks: list[Callable[[], Any]] = []
     after = _after.set(callbacks)
+    started = time.perf_counter()
     try:
         async with factory() as session, session.begin():
             await session.execute(_BIND, {"tenant": str(tenant_id) if tenant_id else "",
@@ -148,6 +150,7 @@ async def unit_of_work(*, tenant_id: uuid.UUID | None = None, platform: bool | N
                 _active.reset(token)
     finally:
         _after.reset(after)
+        _held_for(started)
     for callback in callbacks:  # committed
         result = callback()
         if inspect.isawaitable(result):
@@ -248,15 +251,26 @@ async def read_only(*, tenant_id: uuid.UUID | None = None,
         yield Reader(joined.driver_connection)
         return
     tenant_id, platform = _binding(tenant_id, platform)
-    async with engine().connect() as pooled:
-        raw: asyncpg.Connection = (await pooled.get_raw_connection()).driver_connection
-        try:
-            await raw.execute(_begin_sql(tenant_id, platform))
-            yield Reader(raw)
-            await raw.execute("COMMIT")
-        except BaseException:
-            await _discard_transaction(pooled, raw)
-            raise
+    started = time.perf_counter()
+    try:
+        async with engine().connect() as pooled:
+            raw: asyncpg.Connection = (await pooled.get_raw_connection()).driver_connection
+            try:
+                await raw.execute(_begin_sql(tenant_id, platform))
+                yield Reader(raw)
+                await raw.execute("COMMIT")
+            except BaseException:
+                await _discard_transaction(pooled, raw)
+                raise
+    finally:
+        _held_for(started)
+
+
+def _held_for(started: float) -> None:
+    """Add a transaction's time (from asking the pool to returning the connection) to the call's."""
+    call = current_call()
+    if call is not None:
+        call.db_seconds += time.perf_counter() - started
 
 
 async def _discard_transaction(pooled: AsyncConnection, raw: asyncpg.Connection) -> None:

@@ -2,7 +2,8 @@
 
 Prometheus labels never carry a tenant id (unbounded cardinality), so the metrics interceptor
 also counts every call here, in memory, by (tenant, minute): requests, server errors, non-OK
-answers, calls slower than the latency SLO, and seconds spent handling them. A background task
+answers, calls slower than the latency SLO, seconds spent handling them, and seconds their
+transactions held a database connection (the tenant's load on Postgres). A background task
 adds the counts to ``tenant_usage_minutes`` and ``tenant_usage_hours`` every
 ``SENTINEL_USAGE_FLUSH_SECONDS`` in one platform-scope transaction (an upsert that adds, so every
 instance of every service contributes to the same rows). If the database is unreachable the
@@ -49,6 +50,7 @@ class Counts:
     errors: int = 0
     slow: int = 0
     busy_seconds: float = 0.0
+    db_seconds: float = 0.0
 
     def add(self, other: Counts) -> None:
         self.requests += other.requests
@@ -56,25 +58,27 @@ class Counts:
         self.errors += other.errors
         self.slow += other.slow
         self.busy_seconds += other.busy_seconds
+        self.db_seconds += other.db_seconds
 
 
 Key = tuple[uuid.UUID, int]  # tenant, minute (Unix time // 60)
 
 _UPSERT = """
-    INSERT INTO {table} AS u (tenant_id, service, bucket, requests, server_errors, errors, slow, busy_seconds)
+    INSERT INTO {table} AS u (tenant_id, service, bucket, requests, server_errors, errors, slow, busy_seconds,
+                              db_seconds)
     SELECT t.tenant_id, :service, {bucket}, sum(t.requests), sum(t.server_errors), sum(t.errors),
-           sum(t.slow), sum(t.busy_seconds)
+           sum(t.slow), sum(t.busy_seconds), sum(t.db_seconds)
     FROM unnest(CAST(:tenants AS uuid[]), CAST(:minutes AS timestamptz[]), CAST(:requests AS bigint[]),
                 CAST(:server_errors AS bigint[]), CAST(:errors AS bigint[]), CAST(:slow AS bigint[]),
-                CAST(:busy AS double precision[]))
-         AS t (tenant_id, minute, requests, server_errors, errors, slow, busy_seconds)
+                CAST(:busy AS double precision[]), CAST(:db AS double precision[]))
+         AS t (tenant_id, minute, requests, server_errors, errors, slow, busy_seconds, db_seconds)
     -- Only tenants that exist (a token of a purged tenant is refused anyway; this keeps the FK).
     WHERE EXISTS (SELECT 1 FROM tenants WHERE tenants.id = t.tenant_id)
     GROUP BY 1, 3 ORDER BY 1, 3
     ON CONFLICT (tenant_id, service, bucket) DO UPDATE SET
       requests = u.requests + EXCLUDED.requests, server_errors = u.server_errors + EXCLUDED.server_errors,
       errors = u.errors + EXCLUDED.errors, slow = u.slow + EXCLUDED.slow,
-      busy_seconds = u.busy_seconds + EXCLUDED.busy_seconds"""
+      busy_seconds = u.busy_seconds + EXCLUDED.busy_seconds, db_seconds = u.db_seconds + EXCLUDED.db_seconds"""
 _MINUTES = text(_UPSERT.format(table="tenant_usage_minutes", bucket="t.minute"))
 _HOURS = text(_UPSERT.format(table="tenant_usage_hours", bucket="date_trunc('hour', t.minute)"))
 #: Instances of one service flush one at a time: their upserts touch the same rows in any order.
@@ -90,7 +94,7 @@ class Recorder:
         self._dropped = DROPPED.labels(service)
 
     def record(self, tenant_id: uuid.UUID | None, code: grpc.StatusCode, seconds: float,
-               now: float | None = None) -> None:
+               db_seconds: float = 0.0, now: float | None = None) -> None:
         if tenant_id is None:
             return
         key = (tenant_id, int((time.time() if now is None else now) // 60))
@@ -108,6 +112,7 @@ class Recorder:
         if seconds > slo.LATENCY_THRESHOLD_SECONDS:
             counts.slow += 1
         counts.busy_seconds += seconds
+        counts.db_seconds += db_seconds
 
     def take(self) -> dict[Key, Counts]:
         taken, self.pending = self.pending, {}
@@ -140,6 +145,7 @@ class Recorder:
             "errors": [taken[k].errors for k in keys],
             "slow": [taken[k].slow for k in keys],
             "busy": [taken[k].busy_seconds for k in keys],
+            "db": [taken[k].db_seconds for k in keys],
         }
         try:
             async with db.unit_of_work(tenant_id=PLATFORM_TENANT_ID, platform=True) as session:

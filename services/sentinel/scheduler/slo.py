@@ -436,7 +436,7 @@ def tenant_lines(ranking: Any) -> list[str]:
                           for name, field in (("availability", "availability_burn_rate"),
                                               ("latency", "latency_burn_rate")))
         lines.append(f"{'NOISY NEIGHBOUR ' if t.noisy else ''}{t.slug}: {t.busy_share * 100:.0f} % of handling time, "
-                     f"{t.request_share * 100:.0f} % of requests; {burns}")
+                     f"{t.db_share * 100:.0f} % of database time, {t.request_share * 100:.0f} % of requests; {burns}")
     return lines
 
 

@@ -36,7 +36,8 @@ MIN_IMPACTED_REQUESTS = 10
 NO_REQUESTS = "no requests in the period: nothing to measure yet"
 
 _SUMS = ("sum(requests)::bigint AS requests, sum(server_errors)::bigint AS server_errors, "
-         "sum(errors)::bigint AS errors, sum(slow)::bigint AS slow, sum(busy_seconds) AS busy_seconds")
+         "sum(errors)::bigint AS errors, sum(slow)::bigint AS slow, sum(busy_seconds) AS busy_seconds, "
+         "sum(db_seconds) AS db_seconds")
 # The explicit tenant filter repeats what RLS enforces: a wrong binding returns nothing, not another's rows.
 _TENANT_BUCKETS = {
     table: text(f"SELECT bucket, {_SUMS} FROM {table} WHERE tenant_id = :tenant AND bucket >= :since "  # noqa: S608
@@ -63,7 +64,8 @@ def window_text(window: dt.timedelta) -> str:
 
 def _counts(row: object) -> Counts:
     return Counts(int(row.requests or 0), int(row.server_errors or 0), int(row.errors or 0),  # type: ignore[attr-defined]
-                  int(row.slow or 0), float(row.busy_seconds or 0.0))  # type: ignore[attr-defined]
+                  int(row.slow or 0), float(row.busy_seconds or 0.0),  # type: ignore[attr-defined]
+                  float(row.db_seconds or 0.0))  # type: ignore[attr-defined]
 
 
 def _sum_since(buckets: Iterable[tuple[dt.datetime, Counts]], since: dt.datetime) -> Counts:
@@ -118,7 +120,8 @@ def service_level(tenant_id: uuid.UUID, now: dt.datetime, counts: TenantWindows,
     out = tenant_service_pb2.ServiceLevel(
         tenant_id=str(tenant_id), compute_time=timestamp(now), period=window_text(slo.PERIOD),
         requests=counts.period.requests,
-        services=[tenant_service_pb2.ServiceUsage(service=name, requests=c.requests, busy_seconds=c.busy_seconds)
+        services=[tenant_service_pb2.ServiceUsage(service=name, requests=c.requests, busy_seconds=c.busy_seconds,
+                                                   db_seconds=c.db_seconds)
                   for name, c in services])
     for objective in slo.OBJECTIVES:
         bad, total = _bad(counts.period, objective), counts.period.requests
@@ -186,8 +189,11 @@ def rank(rows: Sequence[tuple[uuid.UUID, str, Counts]], *, noisy_share: float,
     total = Counts()
     for _, _, counts in rows:
         total.add(counts)
-    busy = total.busy_seconds or 1.0
-    heavy = {tenant for tenant, _, c in rows if c.busy_seconds / busy >= noisy_share}
+    busy, database = total.busy_seconds or 1.0, total.db_seconds or 1.0
+    # Heavy on the services or on Postgres: a tenant whose transactions hold the shared pool is
+    # a neighbour's problem even when its handling time is unremarkable.
+    heavy = {tenant for tenant, _, c in rows
+             if c.busy_seconds / busy >= noisy_share or c.db_seconds / database >= noisy_share}
     impacted = {tenant for tenant, _, c in rows if tenant not in heavy and _burning(c)}
     ordered = sorted(rows, key=lambda r: (-r[2].busy_seconds, -r[2].requests, str(r[0])))
     out = []
@@ -197,6 +203,7 @@ def rank(rows: Sequence[tuple[uuid.UUID, str, Counts]], *, noisy_share: float,
             slow_requests=c.slow, busy_seconds=c.busy_seconds,
             request_share=c.requests / total.requests if total.requests else 0.0,
             busy_share=c.busy_seconds / busy if total.busy_seconds else 0.0,
+            db_seconds=c.db_seconds, db_share=c.db_seconds / database if total.db_seconds else 0.0,
             noisy=tenant in heavy and bool(impacted))
         for attribute, name in (("availability_burn_rate", "availability"), ("latency_burn_rate", "latency")):
             rate = _burn(c, name)
@@ -214,7 +221,7 @@ async def rank_tenant_usage(session: AsyncSession, now: dt.datetime, *, minutes:
     total, impacted, tenants = rank(rows, noisy_share=noisy_share, limit=limit)
     return tenant_service_pb2.RankTenantUsageResponse(
         start_time=timestamp(start), end_time=timestamp(now), requests=total.requests,
-        busy_seconds=total.busy_seconds, impacted_tenants=impacted, tenants=tenants)
+        busy_seconds=total.busy_seconds, db_seconds=total.db_seconds, impacted_tenants=impacted, tenants=tenants)
 
 
 async def busiest_tenants(*, minutes: int, limit: int,

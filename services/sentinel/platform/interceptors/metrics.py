@@ -54,7 +54,7 @@ class MetricsInterceptor:
             elapsed = time.perf_counter() - call.start
             metrics.DURATION.labels(self.service, method).observe(elapsed)
             if usage.recorder is not None:
-                usage.recorder.record(call.db_tenant_id or call.audit.tenant_id, code, elapsed)
+                usage.recorder.record(call.db_tenant_id or call.audit.tenant_id, code, elapsed, call.db_seconds)
             metrics.REQUESTS.labels(self.service, method, code.name).inc()
             if code is not grpc.StatusCode.OK:
                 metrics.ERRORS.labels(self.service, method, code.name).inc()

@@ -596,20 +596,24 @@ class ServiceUsage(_message.Message):
     SERVICE_FIELD_NUMBER: _builtins.int
     REQUESTS_FIELD_NUMBER: _builtins.int
     BUSY_SECONDS_FIELD_NUMBER: _builtins.int
+    DB_SECONDS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """tenant | user | audit | scheduler"""
     requests: _builtins.int
     busy_seconds: _builtins.float
+    db_seconds: _builtins.float
+    """Seconds the calls' transactions held a database connection."""
     def __init__(
         self,
         *,
         service: _builtins.str = ...,
         requests: _builtins.int = ...,
         busy_seconds: _builtins.float = ...,
+        db_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_seconds", b"busy_seconds", "requests", b"requests", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_seconds", b"busy_seconds", "db_seconds", b"db_seconds", "requests", b"requests", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -653,11 +657,13 @@ class RankTenantUsageResponse(_message.Message):
     BUSY_SECONDS_FIELD_NUMBER: _builtins.int
     IMPACTED_TENANTS_FIELD_NUMBER: _builtins.int
     TENANTS_FIELD_NUMBER: _builtins.int
+    DB_SECONDS_FIELD_NUMBER: _builtins.int
     requests: _builtins.int
     """Totals over every tenant in the window."""
     busy_seconds: _builtins.float
     impacted_tenants: _builtins.int
     """Tenants other than the noisy ones whose availability or latency burn rate exceeded 1x."""
+    db_seconds: _builtins.float
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -673,10 +679,11 @@ class RankTenantUsageResponse(_message.Message):
         busy_seconds: _builtins.float = ...,
         impacted_tenants: _builtins.int = ...,
         tenants: _abc.Iterable[Global___TenantUsage] | None = ...,
+        db_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_seconds", b"busy_seconds", "end_time", b"end_time", "impacted_tenants", b"impacted_tenants", "requests", b"requests", "start_time", b"start_time", "tenants", b"tenants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_seconds", b"busy_seconds", "db_seconds", b"db_seconds", "end_time", b"end_time", "impacted_tenants", b"impacted_tenants", "requests", b"requests", "start_time", b"start_time", "tenants", b"tenants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -698,6 +705,8 @@ class TenantUsage(_message.Message):
     AVAILABILITY_BURN_RATE_FIELD_NUMBER: _builtins.int
     LATENCY_BURN_RATE_FIELD_NUMBER: _builtins.int
     NOISY_FIELD_NUMBER: _builtins.int
+    DB_SECONDS_FIELD_NUMBER: _builtins.int
+    DB_SHARE_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     slug: _builtins.str
     requests: _builtins.int
@@ -712,6 +721,12 @@ class TenantUsage(_message.Message):
     """This tenant's own burn rates over the window (absent without requests)."""
     latency_burn_rate: _builtins.float
     noisy: _builtins.bool
+    """Heavy (a share of handling or database time of at least SENTINEL_NOISY_NEIGHBOUR_SHARE) while
+    another tenant burns its budget.
+    """
+    db_seconds: _builtins.float
+    """Seconds this tenant's transactions held a database connection, and its share of the window's, 0-1."""
+    db_share: _builtins.float
     def __init__(
         self,
         *,
@@ -727,10 +742,12 @@ class TenantUsage(_message.Message):
         availability_burn_rate: _builtins.float | None = ...,
         latency_burn_rate: _builtins.float | None = ...,
         noisy: _builtins.bool = ...,
+        db_seconds: _builtins.float = ...,
+        db_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_availability_burn_rate", b"_availability_burn_rate", "_latency_burn_rate", b"_latency_burn_rate", "availability_burn_rate", b"availability_burn_rate", "latency_burn_rate", b"latency_burn_rate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_availability_burn_rate", b"_availability_burn_rate", "_latency_burn_rate", b"_latency_burn_rate", "availability_burn_rate", b"availability_burn_rate", "busy_seconds", b"busy_seconds", "busy_share", b"busy_share", "errors", b"errors", "latency_burn_rate", b"latency_burn_rate", "noisy", b"noisy", "request_share", b"request_share", "requests", b"requests", "server_errors", b"server_errors", "slow_requests", b"slow_requests", "slug", b"slug", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_availability_burn_rate", b"_availability_burn_rate", "_latency_burn_rate", b"_latency_burn_rate", "availability_burn_rate", b"availability_burn_rate", "busy_seconds", b"busy_seconds", "busy_share", b"busy_share", "db_seconds", b"db_seconds", "db_share", b"db_share", "errors", b"errors", "latency_burn_rate", b"latency_burn_rate", "noisy", b"noisy", "request_share", b"request_share", "requests", b"requests", "server_errors", b"server_errors", "slow_requests", b"slow_requests", "slug", b"slug", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__availability_burn_rate: _TypeAlias = _typing.Literal["availability_burn_rate"]  # noqa: Y015
     _WhichOneofArgType__availability_burn_rate: _TypeAlias = _typing.Literal["_availability_burn_rate", b"_availability_burn_rate"]  # noqa: Y015
