@@ -404,6 +404,25 @@ async def test_a_lost_worker_s_job_is_taken_back_and_run_once(world: World, stac
     assert (await job_row(world.a.id, job_id)).attempts == 2
 
 
+async def test_an_input_survives_a_lost_worker_until_its_last_attempt(world: World) -> None:
+    tenant = uuid.UUID(world.a.id)
+    lost = [uuid7(), uuid7()]  # attempt 1 of 2, and the last attempt
+    async with db.unit_of_work(tenant_id=tenant, platform=False) as session:
+        for job_id, attempts in zip(lost, (1, 2), strict=True):
+            session.add(JobRow(tenant_id=tenant, id=job_id, kind="user_import", state="running", attempts=attempts,
+                               params={"csv": "[csv, 9 bytes]"}, input=b'{"csv": "x"}', input_sealed=False,
+                               max_attempts=2, timeout_seconds=60, progress_percent=0, error="", summary={},
+                               creator_id="t", version=1))
+        await session.execute(text("UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = ANY(:ids)"),
+                              {"ids": lost})
+    await runner.dispatch(lambda t, j, d: None, lag_seconds=3600)
+    retried, dead = await job_row(world.a.id, lost[0]), await job_row(world.a.id, lost[1])
+    assert (retried.state, retried.input) == ("pending", b'{"csv": "x"}')  # the retry needs it
+    assert (dead.state, dead.input) == ("dead_letter", None)
+    async with db.unit_of_work(tenant_id=tenant, platform=False) as session:  # not left for the worker
+        await session.execute(text("UPDATE jobs SET state = 'cancelled', input = NULL WHERE id = :id"), {"id": lost[0]})
+
+
 async def test_a_job_cancelled_while_running_commits_nothing(world: World, stack: Any,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     gate = asyncio.Event()
