@@ -67,6 +67,7 @@ def stack() -> Iterator[Stack]:
         # Tests fill the free tenants A and B freely; the standard plan is the one with a low limit.
         "SENTINEL_PLAN_MAX_USERS": '{"free": 100000, "standard": 3}',
         "SENTINEL_PLAN_MAX_API_KEYS": '{"free": 1000, "standard": 2}',
+        "SENTINEL_PLAN_MAX_ACTIVE_JOBS": '{"free": 1000, "standard": 2}',
         # A short concurrent-refresh grace so the reuse test need not wait long.
         "SENTINEL_REFRESH_REUSE_GRACE_SECONDS": "1",
         # Audit checkpoints every second, so tests see them without waiting minutes.

@@ -25,6 +25,9 @@ from sentinel.scheduler.models import JobRow
 from sentinel.scheduler.v1 import job_pb2
 from sentinel.scheduler.v1 import scheduler_service_pb2 as ssp
 from sentinel.scheduler.v1 import scheduler_service_pb2_grpc as ssg
+from sentinel.tenant.v1 import tenant_pb2
+from sentinel.tenant.v1 import tenant_service_pb2 as tsp
+from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
 from sentinel.user.v1 import user_service_pb2 as usp
 from sentinel.user.v1 import user_service_pb2_grpc as usg
 from sqlalchemy import select, text
@@ -182,6 +185,31 @@ async def test_an_import_file_is_sealed_never_shown_and_gone_once_its_job_ends(w
         diffs = (await session.scalars(text("SELECT diff::text FROM audit_events WHERE action = 'job.create'"))).all()
     assert len(diffs) == 2 and all('"[csv, ' in d for d in diffs), diffs
     assert not any("$2b$" in d or "@jobseal" in d for d in diffs), diffs
+
+
+async def test_a_tenant_has_at_most_its_plans_active_jobs(world: World, stack: Any) -> None:
+    tenant_id = (await tsg.TenantServiceStub(world.channels["tenant"]).CreateTenant(
+        tsp.CreateTenantRequest(slug=f"jobcap-{uuid.uuid4().hex[:8]}", display_name="Job cap",
+                                plan=tenant_pb2.TENANT_PLAN_STANDARD), metadata=world.admin.metadata)).tenant.id
+    request = ssp.CreateJobRequest(tenant_id=tenant_id, kind=job_pb2.JOB_KIND_TENANT_EXPORT)
+    stack.kill_service("worker")  # nothing finishes: every job created stays active
+    try:
+        results = await asyncio.gather(*(jobs(world).CreateJob(request, metadata=world.admin.metadata)
+                                         for _ in range(5)), return_exceptions=True)
+        made = [r.job for r in results if isinstance(r, ssp.CreateJobResponse)]
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(made) == 2 and len(refused) == 3, results  # the standard plan's 2, even all at once
+        assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
+        assert "allows 2 active jobs and it has 2; wait for one to finish, or cancel one" in str(refused[0].details())
+        async with httpx.AsyncClient(base_url=stack.rest_url, timeout=10) as http:
+            r = await http.post("/api/v1/jobs", headers=world.admin.headers,
+                                json={"tenant_id": tenant_id, "kind": "JOB_KIND_TENANT_EXPORT"})
+        assert r.status_code == 429 and r.json()["code"] == 8, r.text
+        await jobs(world).CancelJob(ssp.CancelJobRequest(id=made[0].id, tenant_id=tenant_id),
+                                    metadata=world.admin.metadata)
+        await jobs(world).CreateJob(request, metadata=world.admin.metadata)  # a slot is free again
+    finally:
+        await asyncio.to_thread(stack.start_worker)
 
 
 async def test_creation_is_idempotent(world: World) -> None:

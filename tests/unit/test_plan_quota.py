@@ -1,8 +1,8 @@
-"""When a create reaches a share of a plan limit (sentinel.user.limits.crossed)."""
+"""When a create reaches a share of a plan limit (sentinel.platform.limits.crossed)."""
 
 from __future__ import annotations
 
-from sentinel.user.limits import crossed
+from sentinel.platform.limits import crossed
 
 
 def test_quota_thresholds_fire_once_per_crossing() -> None:

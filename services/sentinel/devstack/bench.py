@@ -23,6 +23,7 @@ BENCH_LIMITS = {
                       for plan in ("free", "standard", "enterprise")},
     }),
     "SENTINEL_PLAN_MAX_USERS": json.dumps({"free": 10_000_000}),
+    "SENTINEL_PLAN_MAX_ACTIVE_JOBS": json.dumps({"free": 10_000_000}),  # bench/jobs.py queues hundreds
 }
 
 

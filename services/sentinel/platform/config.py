@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     # Usable (not revoked, not expired) API keys per tenant by plan (JSON).
     plan_max_api_keys: dict[str, int] = Field(default_factory=lambda: {"free": 5, "standard": 100,
                                                                        "enterprise": 10_000})
+    # On-demand jobs pending or running at once per tenant by plan (JSON): the worker is shared, and
+    # one tenant's queue must not starve the others'.
+    plan_max_active_jobs: dict[str, int] = Field(default_factory=lambda: {"free": 5, "standard": 25,
+                                                                          "enterprise": 100})
 
     # --- rate limits: overrides merged over sentinel.ratelimit.rules.DEFAULT_RATE_LIMITS (JSON, e.g.
     # {"tenant": {"free": {"write": "300/minute"}}}). The services count the tenant and principal

@@ -16,13 +16,14 @@ from typing import Any
 import grpc
 from google.api import httpbody_pb2
 from google.protobuf import json_format, struct_pb2
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from sentinel.platform import datakeys, db
 from sentinel.platform.calls import require_call
 from sentinel.platform.convert import EnumText, timestamp
 from sentinel.platform.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from sentinel.platform.ids import parse_uuid, uuid7
+from sentinel.platform.limits import enforce_plan_limit
 from sentinel.platform.pagination import check_etag, etag, page_size
 from sentinel.platform.server import Runtime, ServiceSpec
 from sentinel.scheduler import periodic, queue
@@ -37,6 +38,7 @@ STATE = EnumText(job_pb2.JobState, "JOB_STATE_")
 MAX_ATTEMPTS = 10
 DEFAULT_ATTEMPTS = 3
 FINAL = ("succeeded", "failed", "cancelled", "dead_letter")
+ACTIVE = ("pending", "running")
 
 
 def to_proto(row: JobRow) -> job_pb2.Job:
@@ -76,6 +78,10 @@ class SchedulerApi(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             sealed_input, sealed = await datakeys.seal_record(self.settings, tenant_id, "job-input", job_id,
                                                               json.dumps(secret).encode())
         async with db.unit_of_work() as session:
+            await enforce_plan_limit(
+                session, self.settings.plan_max_active_jobs, resource="active jobs", reason="PLAN_ACTIVE_JOBS",
+                count=select(func.count()).select_from(JobRow).where(JobRow.state.in_(ACTIVE)),
+                remedy="wait for one to finish, or cancel one", record_thresholds=False)
             row = JobRow(tenant_id=tenant_id, id=job_id, kind=kind.name, params=shown, input=sealed_input,
                          input_sealed=sealed, max_attempts=attempts,
                          timeout_seconds=self.settings.job_timeout_seconds, creator_id=call.principal.subject,

@@ -22,8 +22,8 @@ from sentinel.platform import db
 from sentinel.platform.config import Settings
 from sentinel.platform.errors import FieldViolation
 from sentinel.platform.ids import uuid7
+from sentinel.platform.limits import enforce_plan_limit
 from sentinel.platform.validation import email as check_email
-from sentinel.user.limits import enforce_plan_limit
 from sentinel.user.models import User
 
 COLUMNS = ("email", "display_name", "role", "password_hash")

@@ -21,11 +21,11 @@ from sentinel.platform.errors import (
     require,
 )
 from sentinel.platform.ids import parse_uuid, uuid7
+from sentinel.platform.limits import enforce_plan_limit
 from sentinel.platform.pagination import page_size
 from sentinel.platform.server import Runtime
 from sentinel.platform.validation import email as check_email
 from sentinel.platform.validation import text as check_text
-from sentinel.user.limits import enforce_plan_limit
 from sentinel.user.models import Invitation, User
 from sentinel.user.passwords import MAX_PASSWORD, Passwords, check_password
 from sentinel.user.service import ROLE, check_grant

@@ -25,11 +25,11 @@ from sentinel.platform.errors import (
     require,
 )
 from sentinel.platform.ids import parse_uuid, uuid7
+from sentinel.platform.limits import enforce_plan_limit
 from sentinel.platform.pagination import check_etag, etag, keyset_after, keyset_order, page_params, page_size
 from sentinel.platform.server import Runtime, ServiceSpec
 from sentinel.platform.validation import email as check_email
 from sentinel.platform.validation import text as check_text
-from sentinel.user.limits import enforce_plan_limit
 from sentinel.user.models import Session, User
 from sentinel.user.passwords import Passwords, check_password
 from sentinel.user.v1 import (

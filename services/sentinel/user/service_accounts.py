@@ -19,10 +19,10 @@ from sentinel.platform.config import Settings
 from sentinel.platform.convert import timestamp
 from sentinel.platform.errors import FieldViolation, InvalidArgument, NotFound, require
 from sentinel.platform.ids import parse_uuid, uuid7
+from sentinel.platform.limits import enforce_plan_limit
 from sentinel.platform.pagination import check_etag, etag, page_size
 from sentinel.platform.server import Runtime
 from sentinel.platform.validation import text as check_text
-from sentinel.user.limits import enforce_plan_limit
 from sentinel.user.models import ApiKey, ServiceAccount
 from sentinel.user.service import ROLE, check_grant
 from sentinel.user.v1 import service_account_pb2, service_account_service_pb2, service_account_service_pb2_grpc

@@ -76,7 +76,8 @@ class SchedulerServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateJob(self, request, context):
-        """Enqueues a job. Errors: INVALID_ARGUMENT (unknown kind or bad params), ABORTED (request_id reused).
+        """Enqueues a job. Errors: INVALID_ARGUMENT (unknown kind or bad params), RESOURCE_EXHAUSTED (the
+        plan's active jobs, pending or running, are all in use), ABORTED (request_id reused).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -33,7 +33,9 @@ class SchedulerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SchedulerServiceAsyncStub: ...
     CreateJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.CreateJobRequest, _scheduler_service_pb2.CreateJobResponse]
-    """Enqueues a job. Errors: INVALID_ARGUMENT (unknown kind or bad params), ABORTED (request_id reused)."""
+    """Enqueues a job. Errors: INVALID_ARGUMENT (unknown kind or bad params), RESOURCE_EXHAUSTED (the
+    plan's active jobs, pending or running, are all in use), ABORTED (request_id reused).
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]
     ListJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListJobsRequest, _scheduler_service_pb2.ListJobsResponse]
     CancelJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.CancelJobRequest, _scheduler_service_pb2.CancelJobResponse]
@@ -49,7 +51,9 @@ class SchedulerServiceStub:
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.CreateJobRequest, _scheduler_service_pb2.CreateJobResponse]  # type: ignore[assignment]
-    """Enqueues a job. Errors: INVALID_ARGUMENT (unknown kind or bad params), ABORTED (request_id reused)."""
+    """Enqueues a job. Errors: INVALID_ARGUMENT (unknown kind or bad params), RESOURCE_EXHAUSTED (the
+    plan's active jobs, pending or running, are all in use), ABORTED (request_id reused).
+    """
     GetJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]  # type: ignore[assignment]
     ListJobs: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListJobsRequest, _scheduler_service_pb2.ListJobsResponse]  # type: ignore[assignment]
     CancelJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.CancelJobRequest, _scheduler_service_pb2.CancelJobResponse]  # type: ignore[assignment]
@@ -68,7 +72,9 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_service_pb2.CreateJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_service_pb2.CreateJobResponse, _abc.Awaitable[_scheduler_service_pb2.CreateJobResponse]]:
-        """Enqueues a job. Errors: INVALID_ARGUMENT (unknown kind or bad params), ABORTED (request_id reused)."""
+        """Enqueues a job. Errors: INVALID_ARGUMENT (unknown kind or bad params), RESOURCE_EXHAUSTED (the
+        plan's active jobs, pending or running, are all in use), ABORTED (request_id reused).
+        """
 
     @_abc_1.abstractmethod
     def GetJob(

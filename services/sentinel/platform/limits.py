@@ -1,4 +1,4 @@
-"""Plan limits per tenant (users, API keys), checked inside the creating transaction.
+"""Plan limits per tenant (users, API keys, active jobs), checked inside the creating transaction.
 
 The count and the insert that follows are serialised per tenant and resource by a
 transaction-scoped advisory lock, so concurrent creates cannot overshoot the limit.
@@ -46,8 +46,12 @@ def crossed(limit: int, have: int, adding: int) -> list[int]:
 
 
 async def enforce_plan_limit(session: Any, limits: dict[str, int], *, resource: str, count: Select[Any],
-                             reason: str, adding: int = 1) -> None:
-    """Refuse with RESOURCE_EXHAUSTED when ``adding`` more would exceed the bound tenant's plan."""
+                             reason: str, adding: int = 1, remedy: str = "", record_thresholds: bool = True) -> None:
+    """Refuse with RESOURCE_EXHAUSTED when ``adding`` more would exceed the bound tenant's plan.
+
+    ``remedy`` ends the refusal's message (default: remove some or change the plan).
+    ``record_thresholds`` False: no quota events, for a count that rises and falls all day
+    (active jobs), where every crossing would be noise in the tenant's trail."""
     row = (await session.execute(_PLAN)).one_or_none()
     if row is None:
         raise NotFound("the tenant was not found", reason="TENANT_NOT_FOUND")
@@ -59,7 +63,9 @@ async def enforce_plan_limit(session: Any, limits: dict[str, int], *, resource: 
     have = int(await session.scalar(count) or 0)
     if have + adding > limit:
         raise ResourceExhausted(f"the tenant's plan '{plan}' allows {limit} {resource} and it has {have}; "
-                                f"remove {resource} or change the plan", reason=reason)
+                                f"{remedy or f'remove {resource} or change the plan'}", reason=reason)
+    if not record_thresholds:
+        return
     events = []
     for threshold in crossed(limit, have, adding):
         THRESHOLDS_REACHED.labels(metric_name(resource), str(threshold)).inc()
