@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = admin.add_parser("tenant-usage", help="the busiest tenants of a recent window, noisy neighbours marked")
     p.add_argument("--minutes", type=int, default=60, help="window, 1-2880 minutes (default 60)")
-    p.add_argument("--service", default="", help="one service (tenant, user, audit, scheduler); default all")
+    p.add_argument("--service", default="", help="tenant, user, audit, scheduler, or worker (job runs); default all")
     p.add_argument("--limit", type=int, default=20, help="tenants shown, 1-100 (default 20)")
     p.add_argument("--json", action="store_true", help="RankTenantUsage's JSON instead of a table")
     p.set_defaults(func=_admin_tenant_usage)

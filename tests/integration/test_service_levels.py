@@ -22,6 +22,9 @@ import httpx
 import pytest
 from sentinel.platform import db, usage
 from sentinel.platform.auth import PLATFORM_TENANT_ID
+from sentinel.scheduler.v1 import job_pb2
+from sentinel.scheduler.v1 import scheduler_service_pb2 as ssp
+from sentinel.scheduler.v1 import scheduler_service_pb2_grpc as ssg
 from sentinel.tenant.v1 import tenant_service_pb2 as tsp
 from sentinel.tenant.v1 import tenant_service_pb2_grpc as tsg
 from sentinel.user.v1 import user_service_pb2 as usp
@@ -107,6 +110,33 @@ async def test_a_tenants_own_calls_make_its_service_level(world: World, rest: ht
     assert body["tenant_id"] == t.id and int(body["requests"]) >= after.requests
     assert {o["name"]: o["budget_state"] for o in body["objectives"]}["availability"] == "green"
     assert "budget_remaining" in body["objectives"][0] and "burn_rates" in body["objectives"][0]
+
+
+async def test_a_tenants_jobs_count_as_its_work_not_as_requests(world: World) -> None:
+    t = await make_tenant(world.channels, world.admin, "slojob")
+    tenants = tsg.TenantServiceStub(world.channels["tenant"])
+    scheduler = ssg.SchedulerServiceStub(world.channels["scheduler"])
+    job = (await scheduler.CreateJob(ssp.CreateJobRequest(kind=job_pb2.JOB_KIND_TENANT_EXPORT),
+                                     metadata=t.owner.metadata)).job
+    deadline = time.monotonic() + 30
+    while True:  # the worker runs it, then flushes what the run cost the tenant
+        ranking = await tenants.RankTenantUsage(tsp.RankTenantUsageRequest(window_minutes=10, service="worker",
+                                                                           limit=100), metadata=world.admin.metadata)
+        mine = [u for u in ranking.tenants if u.tenant_id == t.id]
+        if mine:
+            break
+        assert time.monotonic() < deadline, f"no worker usage for the tenant (job {job.id})"
+        await asyncio.sleep(0.3)
+    done = (await scheduler.GetJob(ssp.GetJobRequest(id=job.id), metadata=t.owner.metadata)).job
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    work = mine[0]
+    assert work.requests == 0 and work.busy_seconds > 0 and 0 < work.db_seconds <= work.busy_seconds, work
+    assert not work.HasField("availability_burn_rate")  # no requests: nothing to burn
+    level = (await tenants.GetServiceLevel(tsp.GetServiceLevelRequest(tenant_id=t.id),
+                                           metadata=t.owner.metadata)).service_level
+    worker = next(s for s in level.services if s.service == "worker")
+    assert worker.requests == 0 and worker.busy_seconds > 0
+    assert level.requests == sum(s.requests for s in level.services)  # the SLOs count calls only
 
 
 async def test_another_tenants_service_level_does_not_exist(world: World, rest: httpx.AsyncClient) -> None:

@@ -48,6 +48,24 @@ def test_the_recorder_sorts_each_call_into_its_counts() -> None:
                            (T, minute + 1): Counts(1, 0, 0, 0, 0.1)}
 
 
+def test_a_jobs_run_is_work_not_a_request() -> None:
+    import threading
+
+    rec = usage.Recorder("worker")
+    now = NOW.timestamp()
+
+    def runs() -> None:  # the job worker records from several threads
+        for _ in range(1000):
+            rec.record_work(T, 0.5, 0.25, now=now)
+
+    threads = [threading.Thread(target=runs) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert rec.pending == {(T, int(now // 60)): Counts(0, 0, 0, 0, 2000.0, 1000.0)}
+
+
 def _database_away(**kwargs: object) -> object:
     raise ConnectionRefusedError("database away")
 

@@ -53,9 +53,6 @@ class Call:
     audit: AuditNote = field(default_factory=lambda: AuditNote())
     #: Set by the idempotency interceptor when the response is a replay (nothing happened again).
     replayed: bool = False
-    #: Seconds this call's own transactions held a database connection (sentinel.platform.db adds
-    #: them up; the tenant's usage counts them as its load on Postgres).
-    db_seconds: float = 0.0
 
     @property
     def bearer_token(self) -> str:

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -266,11 +266,31 @@ async def read_only(*, tenant_id: uuid.UUID | None = None,
         _held_for(started)
 
 
+class TransactionTime:
+    """Seconds the transactions of a scope held a database connection (from asking the pool to
+    returning the connection): a call's or a job's load on Postgres, for the tenant's usage."""
+
+    seconds: float = 0.0
+
+
+_transaction_time: ContextVar[TransactionTime | None] = ContextVar("sentinel_transaction_time", default=None)
+
+
+@contextlib.contextmanager
+def transaction_time() -> Iterator[TransactionTime]:
+    """Add up the time of every transaction opened inside (tasks started inside included)."""
+    spent = TransactionTime()
+    token = _transaction_time.set(spent)
+    try:
+        yield spent
+    finally:
+        _transaction_time.reset(token)
+
+
 def _held_for(started: float) -> None:
-    """Add a transaction's time (from asking the pool to returning the connection) to the call's."""
-    call = current_call()
-    if call is not None:
-        call.db_seconds += time.perf_counter() - started
+    spent = _transaction_time.get()
+    if spent is not None:
+        spent.seconds += time.perf_counter() - started
 
 
 async def _discard_transaction(pooled: AsyncConnection, raw: asyncpg.Connection) -> None:

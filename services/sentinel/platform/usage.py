@@ -12,6 +12,9 @@ dropped and counted (``sentinel_tenant_usage_dropped_total``), never blocking a 
 
 The call's tenant is the one it ran in; a call that ran in none (a login) counts for the tenant
 its handler resolved (the audit note's), and calls of no tenant at all are not counted.
+
+The job worker counts each on-demand job's run as ``service = 'worker'`` work: handling and
+database time, but no request (a job is not a call: it must not move the tenant's SLOs).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -92,34 +96,56 @@ class Recorder:
         self.service = service
         self.pending: dict[Key, Counts] = {}
         self._dropped = DROPPED.labels(service)
+        self._lock = threading.Lock()  # the job worker records from several threads
 
-    def record(self, tenant_id: uuid.UUID | None, code: grpc.StatusCode, seconds: float,
-               db_seconds: float = 0.0, now: float | None = None) -> None:
-        if tenant_id is None:
-            return
+    def _counts(self, tenant_id: uuid.UUID, now: float | None) -> Counts | None:
         key = (tenant_id, int((time.time() if now is None else now) // 60))
         counts = self.pending.get(key)
         if counts is None:
             if len(self.pending) >= MAX_PENDING:
                 self._dropped.inc()
-                return
+                return None
             counts = self.pending[key] = Counts()
-        counts.requests += 1
-        if code is not grpc.StatusCode.OK:
-            counts.errors += 1
-            if code in slo.SERVER_ERROR_CODES:
-                counts.server_errors += 1
-        if seconds > slo.LATENCY_THRESHOLD_SECONDS:
-            counts.slow += 1
-        counts.busy_seconds += seconds
-        counts.db_seconds += db_seconds
+        return counts
+
+    def record(self, tenant_id: uuid.UUID | None, code: grpc.StatusCode, seconds: float,
+               db_seconds: float = 0.0, now: float | None = None) -> None:
+        """One call of ``tenant_id``: its outcome, handling time and database time."""
+        if tenant_id is None:
+            return
+        with self._lock:
+            counts = self._counts(tenant_id, now)
+            if counts is None:
+                return
+            counts.requests += 1
+            if code is not grpc.StatusCode.OK:
+                counts.errors += 1
+                if code in slo.SERVER_ERROR_CODES:
+                    counts.server_errors += 1
+            if seconds > slo.LATENCY_THRESHOLD_SECONDS:
+                counts.slow += 1
+            counts.busy_seconds += seconds
+            counts.db_seconds += db_seconds
+
+    def record_work(self, tenant_id: uuid.UUID, seconds: float, db_seconds: float, now: float | None = None) -> None:
+        """Work done for ``tenant_id`` that is not a call (a job's run): time only, no request."""
+        with self._lock:
+            counts = self._counts(tenant_id, now)
+            if counts is not None:
+                counts.busy_seconds += seconds
+                counts.db_seconds += db_seconds
 
     def take(self) -> dict[Key, Counts]:
-        taken, self.pending = self.pending, {}
+        with self._lock:
+            taken, self.pending = self.pending, {}
         return taken
 
     def give_back(self, taken: dict[Key, Counts]) -> None:
         """Counts a failed flush could not write, merged into what came in meanwhile."""
+        with self._lock:
+            self._merge(taken)
+
+    def _merge(self, taken: dict[Key, Counts]) -> None:
         for key, counts in taken.items():
             current = self.pending.get(key)
             if current is not None:

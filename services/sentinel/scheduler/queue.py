@@ -20,6 +20,7 @@ import datetime as dt
 import inspect
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -29,7 +30,7 @@ from huey import RedisHuey, crontab
 from opentelemetry.trace import SpanKind
 from prometheus_client import Gauge
 
-from sentinel.platform import db, tracing
+from sentinel.platform import db, tracing, usage
 from sentinel.platform.config import Settings
 
 log = logging.getLogger("sentinel.queue")
@@ -81,6 +82,7 @@ def huey_for(settings: Settings) -> RedisHuey:
             outcome = _in_thread_loop(runner.run(settings, uuid.UUID(tenant_id), uuid.UUID(job_id),
                                                  enqueue_retry=enqueue))
             span.set_attribute("sentinel.job.state", outcome.state)
+        flush_usage(settings.usage_flush_seconds)
 
     def run_periodic(name: str, run_id: str, trace: dict[str, str] | None = None) -> None:
         from sentinel.scheduler import periodic
@@ -95,6 +97,7 @@ def huey_for(settings: Settings) -> RedisHuey:
             QUEUE_DEPTH.set(huey.pending_count())
             _in_thread_loop(runner.dispatch(enqueue))
             _in_thread_loop(periodic.run_due(settings, dt.datetime.now(dt.UTC)))
+        flush_usage(0)  # what the last jobs counted, when none has run since
 
     _tasks.update(run_job=huey.task(name="run_job")(run_job),
                   run_periodic=huey.task(name="run_periodic")(run_periodic),
@@ -104,6 +107,23 @@ def huey_for(settings: Settings) -> RedisHuey:
 
 
 _tasks: dict[str, Any] = {}
+
+
+_last_flush = 0.0
+
+
+def flush_usage(every_seconds: float) -> None:
+    """Write the jobs' per-tenant usage (sentinel.platform.usage, service "worker") when the last
+    flush is ``every_seconds`` old; on this thread's loop. A failure keeps the counts for the next."""
+    global _last_flush
+    if usage.recorder is None or time.monotonic() - _last_flush < every_seconds:
+        return
+    _last_flush = time.monotonic()
+    try:
+        _in_thread_loop(usage.recorder.flush())
+    except Exception:
+        usage.FLUSH_FAILURES.labels(usage.recorder.service).inc()
+        log.warning("job usage flush failed; the counts are kept for the next one", exc_info=True)
 
 
 def _trace() -> dict[str, Any]:
@@ -143,4 +163,8 @@ def run_consumer(settings: Settings) -> None:
                                "initial_delay": 0.05, "backoff": 1.5, "max_delay": 0.5, "check_worker_health": True}
     if "graceful_signal" in inspect.signature(Consumer.__init__).parameters:  # huey >= 3 (2.x: SIGINT)
         options["graceful_signal"] = "TERM"
-    huey.create_consumer(**options).run()
+    usage.start("worker")  # each job run counts for its tenant (time, not requests)
+    try:
+        huey.create_consumer(**options).run()
+    finally:
+        flush_usage(0)

@@ -25,7 +25,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 
-from sentinel.platform import auditlog, datakeys, db
+from sentinel.platform import auditlog, datakeys, db, usage
 from sentinel.platform.config import Settings
 from sentinel.platform.errors import SentinelError
 from sentinel.scheduler.kinds import KINDS, Context, JobFailed
@@ -99,6 +99,21 @@ async def run(settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID,
     kind, attempt = str(claimed.kind), int(claimed.attempts)
     where = {"tenant": tenant_id, "id": job_id, "attempt": attempt}
     started = time.perf_counter()
+    with db.transaction_time() as spent:  # the job's load on Postgres, for the tenant's usage
+        outcome = await _attempt(settings, tenant_id, job_id, claimed, where, enqueue_retry)
+    elapsed = time.perf_counter() - started
+    JOBS.labels(kind, outcome.state).inc()
+    DURATION.labels(kind).observe(elapsed)
+    if usage.recorder is not None:  # the worker's: the run counts as the tenant's work, not as a call
+        usage.recorder.record_work(tenant_id, elapsed, spent.seconds)
+    log.info("job run", extra={"job_id": str(job_id), "kind": kind, "attempt": attempt, "state": outcome.state})
+    return outcome
+
+
+async def _attempt(settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID, claimed: Any, where: dict[str, Any],
+                   enqueue_retry: Callable[[uuid.UUID, uuid.UUID, float], None] | None) -> Outcome:
+    """One run of a claimed job: its work, result and success in one transaction, or its failure."""
+    kind, attempt = str(claimed.kind), int(claimed.attempts)
     try:
         params = {**(claimed.params or {}), **await _input(settings, tenant_id, job_id, claimed)}
         ctx = Context(tenant_id, job_id, params, settings, attempt)
@@ -131,9 +146,6 @@ async def run(settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID,
         else:  # transient (or a timeout): retry with backoff, then give up
             outcome = await _retry_or_give_up(settings, tenant_id, job_id, kind, attempt, claimed, where, e,
                                               enqueue_retry)
-    JOBS.labels(kind, outcome.state).inc()
-    DURATION.labels(kind).observe(time.perf_counter() - started)
-    log.info("job run", extra={"job_id": str(job_id), "kind": kind, "attempt": attempt, "state": outcome.state})
     return outcome
 
 

@@ -26,7 +26,8 @@ from sentinel.tenant.v1 import tenant_service_pb2
 #: Windows summed from minute rows (no longer than the minute retention's minimum, 7 h).
 MINUTE_WINDOWS = tuple(sorted({w for p in slo.BURN_PAIRS for w in (p.long, p.short) if w <= dt.timedelta(hours=6)}))
 HOUR_WINDOWS = tuple(sorted({w for p in slo.BURN_PAIRS for w in (p.long, p.short)} - set(MINUTE_WINDOWS)))
-SERVICES = ("tenant", "user", "audit", "scheduler")
+#: Where usage is counted: the four services' calls, and the job worker's runs (time only).
+SERVICES = ("tenant", "user", "audit", "scheduler", "worker")
 WINDOW_MINUTES = (1, 2880)
 LIMIT = (1, 100)
 #: A tenant counts as impacted by a neighbour only with at least this many requests in the window:

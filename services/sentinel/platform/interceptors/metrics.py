@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from sentinel.platform import metrics, usage
+from sentinel.platform import db, metrics, usage
 from sentinel.platform.calls import Call
 
 
@@ -42,19 +42,23 @@ class MetricsInterceptor:
         method = method_label(call)
         self.in_flight.inc()
         exc: BaseException | None = None
-        try:
-            yield
-        except BaseException as e:
-            exc = e
-            raise
-        finally:
-            self.in_flight.dec()
-            code = final_code(call, exc)
-            call.code = code
-            elapsed = time.perf_counter() - call.start
-            metrics.DURATION.labels(self.service, method).observe(elapsed)
-            if usage.recorder is not None:
-                usage.recorder.record(call.db_tenant_id or call.audit.tenant_id, code, elapsed, call.db_seconds)
-            metrics.REQUESTS.labels(self.service, method, code.name).inc()
-            if code is not grpc.StatusCode.OK:
-                metrics.ERRORS.labels(self.service, method, code.name).inc()
+        with db.transaction_time() as spent:
+            try:
+                yield
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                self._record(call, method, exc, spent.seconds)
+
+    def _record(self, call: Call, method: str, exc: BaseException | None, db_seconds: float) -> None:
+        self.in_flight.dec()
+        code = final_code(call, exc)
+        call.code = code
+        elapsed = time.perf_counter() - call.start
+        metrics.DURATION.labels(self.service, method).observe(elapsed)
+        if usage.recorder is not None:
+            usage.recorder.record(call.db_tenant_id or call.audit.tenant_id, code, elapsed, db_seconds)
+        metrics.REQUESTS.labels(self.service, method, code.name).inc()
+        if code is not grpc.StatusCode.OK:
+            metrics.ERRORS.labels(self.service, method, code.name).inc()

@@ -598,7 +598,7 @@ class ServiceUsage(_message.Message):
     BUSY_SECONDS_FIELD_NUMBER: _builtins.int
     DB_SECONDS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
-    """tenant | user | audit | scheduler"""
+    """tenant | user | audit | scheduler, or worker: the tenant's on-demand job runs (time, no requests)"""
     requests: _builtins.int
     busy_seconds: _builtins.float
     db_seconds: _builtins.float
@@ -629,7 +629,7 @@ class RankTenantUsageRequest(_message.Message):
     window_minutes: _builtins.int
     """The window ending now, in minutes: 1-2880, default 60."""
     service: _builtins.str
-    """Only this service's calls (tenant, user, audit, scheduler); empty: all."""
+    """Only this service's calls (tenant, user, audit, scheduler) or the job worker's runs (worker); empty: all."""
     limit: _builtins.int
     """How many tenants to return, busiest first: 1-100, default 20."""
     def __init__(
