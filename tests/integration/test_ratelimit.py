@@ -322,6 +322,23 @@ def test_direct_grpc_to_a_service_is_limited_too(stack: Stack, admin_headers: di
     assert set(codes[per_user:]) == {grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
 
 
+def test_a_redis_restart_fails_nothing_open(stack: Stack, admin_headers: dict[str, str]) -> None:
+    """After a restart every pooled Redis connection is dead: each is replaced at once, so the
+    limits keep holding and no call is admitted uncounted."""
+    ent = Enterprise(stack, admin_headers, 2)
+    per_user = limit("principal", "read")
+    errors = ("redis", "redis_backoff")
+    with client(stack.rest_url) as c:
+        for _ in range(2):  # both user-service instances hold pooled connections to Redis
+            assert c.get("/api/v1/users/me", headers=ent.headers(1)).status_code == 200
+        stack.kill_service("redis")
+        stack.start_redis()
+        before = {r: metric(stack, "sentinel_ratelimit_errors_total", reason=r) for r in errors}
+        seen = until_refused(lambda: c.get("/api/v1/users/me", headers=ent.headers(0)), 2 * per_user)
+    assert [r.status_code for r in seen] == [200] * per_user + [429], fail_open_count(stack)
+    assert {r: metric(stack, "sentinel_ratelimit_errors_total", reason=r) for r in errors} == before
+
+
 def test_an_unreachable_redis_fails_open(stack: Stack, admin_headers: dict[str, str], tmp_path: Path) -> None:
     """A user-service instance whose Redis is down admits every call and counts the failures."""
     ent = Enterprise(stack, admin_headers, 1)

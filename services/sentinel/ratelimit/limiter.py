@@ -33,6 +33,7 @@ from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from sqlalchemy import text
 
@@ -85,8 +86,11 @@ REDIS_BACKOFF_SECONDS = 1.0
 
 
 def redis_client(url: str, timeout: float = 0.25) -> Redis:
-    """Short timeouts and no retries: a slow Redis must not hold calls; the limiter fails open."""
-    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
+    """Short timeouts, never retried: a slow Redis must not hold calls; the limiter fails open.
+    A broken connection is retried once, at once, on a new one: after a Redis restart every pooled
+    connection is dead, and without the retry each would fail a call open (and back off 1 s)."""
+    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                          retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                           health_check_interval=30)
 
 
