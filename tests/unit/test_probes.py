@@ -69,6 +69,16 @@ def test_a_failed_required_dependency_is_unready_an_optional_one_degraded(loop: 
     assert r.json()["status"] == "degraded"
 
 
+def test_unready_until_the_service_has_started(loop: asyncio.AbstractEventLoop) -> None:
+    p = probes.LoopProbes("tenant", loop, [check("database", health.SERVING)], starting=True)
+    base = served(p)
+    r = httpx.get(base + "/readyz")  # the database answers, but gRPC does not serve yet
+    assert r.status_code == 503 and r.json()["status"] == "starting"
+    assert httpx.get(base + "/healthz").status_code == 200
+    p.starting = False
+    assert httpx.get(base + "/readyz").status_code == 200
+
+
 def test_draining_is_unready_at_once(loop: asyncio.AbstractEventLoop) -> None:
     p = probes.LoopProbes("audit", loop, [check("database", health.SERVING)])
     base = served(p)

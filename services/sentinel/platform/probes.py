@@ -51,11 +51,14 @@ class Component:
     required: bool = True
 
 
-def readiness(service: str, components: Iterable[Component], *, draining: bool = False) -> Answer:
+def readiness(service: str, components: Iterable[Component], *, draining: bool = False,
+              starting: bool = False) -> Answer:
     parts = list(components)
-    ready = not draining and all(c.ok for c in parts if c.required)
+    ready = not draining and not starting and all(c.ok for c in parts if c.required)
     if draining:
         status = "draining"
+    elif starting:
+        status = "starting"
     elif not ready:
         status = "unavailable"
     else:
@@ -68,10 +71,13 @@ class LoopProbes:
     """Probes of an asyncio service, answered from the HTTP thread by asking its event loop."""
 
     def __init__(self, service: str, loop: asyncio.AbstractEventLoop, required: Sequence[health.Check],
-                 optional: Sequence[health.Check] = ()) -> None:
+                 optional: Sequence[health.Check] = (), *, starting: bool = False) -> None:
         self.service = service
         self.loop = loop
         self.checks = [(check, True) for check in required] + [(check, False) for check in optional]
+        #: True until the service serves gRPC (cleared by the bootstrap): unready, whatever the
+        #: dependencies say, so nothing routes to it, or cuts its database, mid start-up.
+        self.starting = starting
         #: Set when the service starts draining (SIGTERM): readiness fails at once.
         self.draining = False
 
@@ -88,6 +94,8 @@ class LoopProbes:
     def ready(self) -> Answer:
         if self.draining:
             return readiness(self.service, (), draining=True)
+        if self.starting:
+            return readiness(self.service, (), starting=True)
         try:
             done = asyncio.run_coroutine_threadsafe(self._check_all(), self.loop)
         except RuntimeError:  # the loop is closed: the process is stopping

@@ -173,7 +173,7 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
     redis = kv.client(settings)
     probes = LoopProbes(spec.name, asyncio.get_running_loop(),
                         required=[database_check()] if spec.needs_database else [],
-                        optional=[redis_check(redis)] if redis is not None else [])
+                        optional=[redis_check(redis)] if redis is not None else [], starting=True)
     serve_http(settings.metrics_host, settings.resolved_metrics_port, probes)
     read_tenants = revocation.read_blocked_tenants if spec.needs_database else None
     if read_tenants is not None:  # blocked tenants are known before the first call, Redis or not
@@ -188,6 +188,7 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
         except TimeoutError:
             log.error("revoked sessions not loaded yet (Redis unreachable); serving anyway")
     await server.start()
+    probes.starting = False
     if spec.background is not None:
         tasks.append(asyncio.create_task(spec.background(runtime), name=f"{spec.name}-background"))
     log.info("serving", extra={"grpc": f"{settings.grpc_host}:{settings.resolved_grpc_port}",
