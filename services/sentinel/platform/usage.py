@@ -143,17 +143,14 @@ class Recorder:
     def give_back(self, taken: dict[Key, Counts]) -> None:
         """Counts a failed flush could not write, merged into what came in meanwhile."""
         with self._lock:
-            self._merge(taken)
-
-    def _merge(self, taken: dict[Key, Counts]) -> None:
-        for key, counts in taken.items():
-            current = self.pending.get(key)
-            if current is not None:
-                current.add(counts)
-            elif len(self.pending) < MAX_PENDING:
-                self.pending[key] = counts
-            else:
-                self._dropped.inc(counts.requests)
+            for key, counts in taken.items():
+                current = self.pending.get(key)
+                if current is not None:
+                    current.add(counts)
+                elif len(self.pending) < MAX_PENDING:
+                    self.pending[key] = counts
+                else:
+                    self._dropped.inc(counts.requests)
 
     async def flush(self) -> int:
         """Write what was counted; returns the minute rows written. On failure nothing is lost
